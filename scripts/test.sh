@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command: makes sure the test broker (tansu) and the build's system libraries are there,
+# then runs every test. Extra arguments go to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools="${IMCF_TOOLS_DIR:-$HOME/.cache/imcf-tools}"
+tansu_version="0.6.0"
+
+# rdkafka builds librdkafka from source and links the system's OpenSSL.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libssl-dev >/dev/null
+  else
+    echo "scripts/test.sh: OpenSSL headers missing: install pkg-config and libssl-dev (Debian) or openssl-devel" >&2
+    exit 1
+  fi
+fi
+
+# The tests start their own brokers from this binary.
+if [ -z "${TANSU_BIN:-}" ]; then
+  if [ ! -x "$tools/bin/tansu" ] || ! "$tools/bin/tansu" --version 2>/dev/null | grep -q "$tansu_version"; then
+    echo "scripts/test.sh: installing tansu $tansu_version into $tools (about 12 minutes, once)" >&2
+    cargo install tansu --locked --version "$tansu_version" --root "$tools"
+  fi
+  TANSU_BIN="$tools/bin/tansu"
+fi
+export TANSU_BIN
+
+cargo test --locked --all-targets "$@"

@@ -1,0 +1,538 @@
+//! One-pass parsing of the callback body into borrowed top-level fields, and lenient decoding of known fields.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::error::BodyError;
+
+/// Deepest nesting of arrays/objects accepted in a body (the top-level object counts as 1). One less than
+/// serde_json's default recursion limit, so the event, which nests body values one level deeper, stays
+/// readable by consumers using serde_json's defaults.
+pub const MAX_BODY_DEPTH: usize = 127;
+
+/// A top-level body field this service interprets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Known {
+    CallbackCommand,
+    GroupId,
+    Type,
+    FromAccount,
+    OperatorAccount,
+    Random,
+    OnlineOnlyFlag,
+    MsgBody,
+    CloudCustomData,
+    ErrorCode,
+    ErrorInfo,
+    EventTime,
+}
+
+impl Known {
+    const COUNT: usize = 12;
+
+    fn from_key(key: &str) -> Option<Self> {
+        Some(match key {
+            "CallbackCommand" => Self::CallbackCommand,
+            "GroupId" => Self::GroupId,
+            "Type" => Self::Type,
+            "From_Account" => Self::FromAccount,
+            "Operator_Account" => Self::OperatorAccount,
+            "Random" => Self::Random,
+            "OnlineOnlyFlag" => Self::OnlineOnlyFlag,
+            "MsgBody" => Self::MsgBody,
+            "CloudCustomData" => Self::CloudCustomData,
+            "ErrorCode" => Self::ErrorCode,
+            "ErrorInfo" => Self::ErrorInfo,
+            "EventTime" => Self::EventTime,
+            _ => return None,
+        })
+    }
+
+    /// The field's name as Tencent spells it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::CallbackCommand => "CallbackCommand",
+            Self::GroupId => "GroupId",
+            Self::Type => "Type",
+            Self::FromAccount => "From_Account",
+            Self::OperatorAccount => "Operator_Account",
+            Self::Random => "Random",
+            Self::OnlineOnlyFlag => "OnlineOnlyFlag",
+            Self::MsgBody => "MsgBody",
+            Self::CloudCustomData => "CloudCustomData",
+            Self::ErrorCode => "ErrorCode",
+            Self::ErrorInfo => "ErrorInfo",
+            Self::EventTime => "EventTime",
+        }
+    }
+}
+
+/// The body's top-level object: known fields as raw values, every other field in original order.
+#[derive(Debug)]
+pub(super) struct BodyFields<'a> {
+    known: [Option<&'a RawValue>; Known::COUNT],
+    /// Unknown fields, verbatim, in body order.
+    pub(super) extra: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> BodyFields<'a> {
+    /// Parses `body` as one JSON object; rejects bad JSON, too-deep nesting and duplicate top-level keys.
+    pub(super) fn parse(body: &'a [u8]) -> Result<Self, BodyError> {
+        // serde_json skips over raw values iteratively, without its recursion limit, so depth is checked here.
+        if exceeds_depth(body, MAX_BODY_DEPTH) {
+            return Err(BodyError::TooDeep { max_depth: MAX_BODY_DEPTH });
+        }
+        let top: TopLevel<'a> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => BodyError::NotAnObject,
+            _ => BodyError::InvalidJson(e.to_string()),
+        })?;
+        if let Some(known) = top.duplicate {
+            return Err(BodyError::DuplicateField(known.name().into()));
+        }
+        if let Some(key) = duplicate_key(&top.extra) {
+            return Err(BodyError::DuplicateField(truncated(key)));
+        }
+        Ok(Self { known: top.known, extra: top.extra })
+    }
+
+    /// A known field's raw value; JSON `null` counts as absent.
+    pub(super) fn raw(&self, field: Known) -> Option<&'a RawValue> {
+        self.known[field as usize].filter(|v| v.get() != "null")
+    }
+
+    /// A string field, absent or null → `None`.
+    pub(super) fn string(&self, field: Known) -> Result<Option<Cow<'a, str>>, BodyError> {
+        self.raw(field)
+            .map(|raw| {
+                serde_json::from_str::<CowStr<'a>>(raw.get())
+                    .map(|s| s.0)
+                    .map_err(|_| invalid(field, "a string or null"))
+            })
+            .transpose()
+    }
+
+    /// A required string field.
+    pub(super) fn required_string(&self, field: Known) -> Result<Cow<'a, str>, BodyError> {
+        match self.raw(field) {
+            None => Err(BodyError::MissingField(field.name())),
+            Some(raw) => {
+                serde_json::from_str::<CowStr<'a>>(raw.get()).map(|s| s.0).map_err(|_| invalid(field, "a string"))
+            }
+        }
+    }
+
+    /// An integer field given as a JSON integer or a string holding one, within `T`'s range.
+    pub(super) fn integer<T: TryFrom<i128>>(
+        &self,
+        field: Known,
+        expected: &'static str,
+    ) -> Result<Option<T>, BodyError> {
+        self.raw(field)
+            .map(|raw| {
+                serde_json::from_str::<LenientInt>(raw.get())
+                    .ok()
+                    .and_then(|n| T::try_from(n.0).ok())
+                    .ok_or_else(|| invalid(field, expected))
+            })
+            .transpose()
+    }
+
+    /// A flag given as `true`/`false`, `0`/`1`, or `"0"`/`"1"`.
+    pub(super) fn flag(&self, field: Known) -> Result<Option<bool>, BodyError> {
+        self.raw(field)
+            .map(|raw| {
+                serde_json::from_str::<LenientBool>(raw.get())
+                    .map(|b| b.0)
+                    .map_err(|_| invalid(field, "0, 1, true or false"))
+            })
+            .transpose()
+    }
+
+    /// An array field, verbatim; absent or null → `None`.
+    pub(super) fn array(&self, field: Known) -> Result<Option<&'a RawValue>, BodyError> {
+        match self.raw(field) {
+            // Raw values carry no surrounding whitespace, and the body already parsed, so `[` means an array.
+            Some(raw) if !raw.get().starts_with('[') => Err(invalid(field, "an array or null")),
+            other => Ok(other),
+        }
+    }
+}
+
+fn invalid(field: Known, expected: &'static str) -> BodyError {
+    BodyError::InvalidField { field: field.name(), expected }
+}
+
+/// Whether arrays/objects in `body` nest deeper than `max`, skipping over string contents.
+/// Exact for valid JSON; on invalid JSON the answer does not matter, parsing fails either way.
+fn exceeds_depth(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The first key that appears twice among `fields`, if any.
+fn duplicate_key<'k>(fields: &'k [(Cow<'_, str>, &RawValue)]) -> Option<&'k str> {
+    if fields.len() <= 16 {
+        // Small n, the usual case: quadratic but allocation-free.
+        return fields
+            .iter()
+            .enumerate()
+            .find(|(i, (key, _))| fields[..*i].iter().any(|(k, _)| k == key))
+            .map(|(_, (key, _))| key.as_ref());
+    }
+    // Adversarial bodies can hold thousands of keys: sort to stay O(n log n).
+    let mut keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+/// Keeps error texts bounded: at most 64 characters of an unknown key.
+fn truncated(key: &str) -> Box<str> {
+    match key.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &key[..end]).into_boxed_str(),
+        None => key.into(),
+    }
+}
+
+struct TopLevel<'a> {
+    known: [Option<&'a RawValue>; Known::COUNT],
+    extra: Vec<(Cow<'a, str>, &'a RawValue)>,
+    duplicate: Option<Known>,
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TopVisitor;
+        impl<'de> Visitor<'de> for TopVisitor {
+            type Value = TopLevel<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut top = TopLevel { known: [None; Known::COUNT], extra: Vec::new(), duplicate: None };
+                while let Some(CowStr(key)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    match Known::from_key(&key) {
+                        Some(known) => {
+                            let slot = &mut top.known[known as usize];
+                            if slot.is_some() {
+                                // Reported after parsing, so a later syntax error still wins as invalid_json.
+                                top.duplicate.get_or_insert(known);
+                            } else {
+                                *slot = Some(value);
+                            }
+                        }
+                        None => top.extra.push((key, value)),
+                    }
+                }
+                Ok(top)
+            }
+        }
+        deserializer.deserialize_map(TopVisitor)
+    }
+}
+
+/// A JSON string, borrowed from the input unless it holds escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = CowStr<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor)
+    }
+}
+
+/// A JSON integer or a string holding a decimal integer; floats and other types are refused.
+struct LenientInt(i128);
+
+impl<'de> Deserialize<'de> for LenientInt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+        impl Visitor<'_> for IntVisitor {
+            type Value = LenientInt;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer or a string holding one")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(LenientInt(v.into()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(LenientInt(v.into()))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                // i128 covers every i64 and u64, so range checks happen once, in the caller's type.
+                v.parse()
+                    .map(LenientInt)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Other("non-integer string"), &self))
+            }
+        }
+        deserializer.deserialize_any(IntVisitor)
+    }
+}
+
+/// `true`/`false`, `0`/`1`, or `"0"`/`"1"`.
+struct LenientBool(bool);
+
+impl<'de> Deserialize<'de> for LenientBool {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BoolVisitor;
+        impl Visitor<'_> for BoolVisitor {
+            type Value = LenientBool;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("0, 1, true or false")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(LenientBool(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                match v {
+                    0 => Ok(LenientBool(false)),
+                    1 => Ok(LenientBool(true)),
+                    _ => Err(E::invalid_value(de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                    .and_then(|v| self.visit_u64(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "0" => Ok(LenientBool(false)),
+                    "1" => Ok(LenientBool(true)),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(BoolVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &[u8]) -> Result<BodyFields<'_>, BodyError> {
+        BodyFields::parse(body)
+    }
+
+    fn nested(prefix: &str, depth: usize, suffix: &str) -> Vec<u8> {
+        let mut body = prefix.as_bytes().to_vec();
+        body.extend(std::iter::repeat_n(b'[', depth));
+        body.extend(std::iter::repeat_n(b']', depth));
+        body.extend_from_slice(suffix.as_bytes());
+        body
+    }
+
+    #[test]
+    fn keeps_known_and_unknown_fields_borrowed_in_order() {
+        let body = br#" { "GroupId" : "g", "Z":1, "A" : {"x":[1, 2]} ,"MsgBody":[ ] } "#;
+        let f = parse(body).unwrap();
+        assert_eq!(f.required_string(Known::GroupId).unwrap(), "g");
+        assert!(matches!(f.required_string(Known::GroupId).unwrap(), Cow::Borrowed(_)));
+        let extra: Vec<(&str, &str)> = f.extra.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+        assert_eq!(extra, [("Z", "1"), ("A", r#"{"x":[1, 2]}"#)]);
+        assert_eq!(f.array(Known::MsgBody).unwrap().unwrap().get(), "[ ]");
+    }
+
+    #[test]
+    fn escaped_keys_are_decoded_and_matched() {
+        let f = parse(br#"{"Group\u0049d":"g","a\"b":1,"\u00e9":2}"#).unwrap();
+        assert_eq!(f.required_string(Known::GroupId).unwrap(), "g");
+        let keys: Vec<&str> = f.extra.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(keys, ["a\"b", "é"]);
+        assert_eq!(
+            parse(br#"{"GroupId":"a","Group\u0049d":"b"}"#).unwrap_err(),
+            BodyError::DuplicateField("GroupId".into())
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_known_unknown_and_many() {
+        assert_eq!(
+            parse(br#"{"ErrorCode":1,"ErrorCode":1}"#).unwrap_err(),
+            BodyError::DuplicateField("ErrorCode".into())
+        );
+        assert_eq!(parse(br#"{"x":1,"y":2,"x":3}"#).unwrap_err(), BodyError::DuplicateField("x".into()));
+        let mut many = String::from("{");
+        for i in 0..1000 {
+            many.push_str(&format!("\"k{i}\":{i},"));
+        }
+        many.push_str("\"k500\":0}");
+        assert_eq!(parse(many.as_bytes()).unwrap_err(), BodyError::DuplicateField("k500".into()));
+        let long = format!("{{\"{0}\":1,\"{0}\":2}}", "é".repeat(100));
+        let err = parse(long.as_bytes()).unwrap_err();
+        assert_eq!(err, BodyError::DuplicateField(format!("{}…", "é".repeat(64)).into()));
+        assert_eq!(err.outcome_label(), "duplicate_field");
+    }
+
+    #[test]
+    fn not_json_not_object_bad_utf8() {
+        for body in [&b""[..], b"{", b"{\"a\":1,}", b"{\"a\":1} x", b"nul", b"{\"a\":01}", b"\xef\xbb\xbf{}"] {
+            let err = parse(body).unwrap_err();
+            assert!(matches!(err, BodyError::InvalidJson(_)), "{body:?}: {err:?}");
+            assert_eq!(err.outcome_label(), "invalid_json");
+        }
+        for body in [&b"[]"[..], b"1", b"\"s\"", b"null", b"true"] {
+            assert_eq!(parse(body).unwrap_err(), BodyError::NotAnObject, "{body:?}");
+        }
+        // Invalid UTF-8 in a key, in a raw value, and outside strings; a raw NUL inside a string.
+        for body in [
+            &b"{\"\xff\":1}"[..],
+            b"{\"a\":\"\xc3\x28\"}",
+            b"{\"a\":[\"\xed\xa0\x80\"]}",
+            b"{\"a\":\xff}",
+            b"{\"a\":\"\x00\"}",
+        ] {
+            let err = parse(body).unwrap_err();
+            assert!(matches!(err, BodyError::InvalidJson(_)), "{body:?}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflow() {
+        let too_deep = BodyError::TooDeep { max_depth: MAX_BODY_DEPTH };
+        assert_eq!(parse(&nested("{\"x\":", 10_000, "}")).unwrap_err(), too_deep);
+        assert_eq!(parse(&nested("{\"MsgBody\":", 10_000, "}")).unwrap_err(), too_deep);
+        assert_eq!(parse(&nested("", 10_000, "")).unwrap_err(), too_deep);
+        // Unterminated: still no overflow.
+        assert_eq!(parse(&[b'['; 10_000]).unwrap_err(), too_deep);
+        // The limit itself: top-level object + 126 arrays is fine, one more is not.
+        assert!(parse(&nested("{\"x\":", MAX_BODY_DEPTH - 1, "}")).is_ok());
+        assert_eq!(parse(&nested("{\"x\":", MAX_BODY_DEPTH, "}")).unwrap_err(), too_deep);
+        // Brackets inside strings (with escaped quotes) do not count.
+        let body = format!("{{\"x\":\"\\\"{}\"}}", "[".repeat(10_000));
+        assert!(parse(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn lenient_integers() {
+        let f = parse(br#"{"Random":"123","ErrorCode":-5,"EventTime":"-7","a":0}"#).unwrap();
+        assert_eq!(f.integer::<u64>(Known::Random, "x").unwrap(), Some(123));
+        assert_eq!(f.integer::<i64>(Known::ErrorCode, "x").unwrap(), Some(-5));
+        assert_eq!(f.integer::<i64>(Known::EventTime, "x").unwrap(), Some(-7));
+        assert_eq!(f.integer::<i64>(Known::OnlineOnlyFlag, "x").unwrap(), None);
+        let max = parse(br#"{"Random":18446744073709551615,"ErrorCode":"9223372036854775807"}"#).unwrap();
+        assert_eq!(max.integer::<u64>(Known::Random, "x").unwrap(), Some(u64::MAX));
+        assert_eq!(max.integer::<i64>(Known::ErrorCode, "x").unwrap(), Some(i64::MAX));
+        for value in [
+            "1.5",
+            "1e3",
+            "1.0",
+            "\"1.5\"",
+            "\"\"",
+            "\" 1\"",
+            "\"0x10\"",
+            "true",
+            "[1]",
+            "{}",
+            "18446744073709551616",
+            "\"18446744073709551616\"",
+            "-1",
+            "\"99999999999999999999999999999999999999999\"",
+        ] {
+            let body = format!("{{\"Random\":{value}}}");
+            let f = parse(body.as_bytes()).unwrap();
+            assert_eq!(
+                f.integer::<u64>(Known::Random, "an integer").unwrap_err(),
+                BodyError::InvalidField { field: "Random", expected: "an integer" },
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn lenient_flags() {
+        for (value, expected) in
+            [("0", false), ("1", true), ("true", true), ("false", false), ("\"0\"", false), ("\"1\"", true)]
+        {
+            let body = format!("{{\"OnlineOnlyFlag\":{value}}}");
+            assert_eq!(parse(body.as_bytes()).unwrap().flag(Known::OnlineOnlyFlag).unwrap(), Some(expected), "{value}");
+        }
+        for value in ["2", "-1", "\"true\"", "\"\"", "1.0", "[]"] {
+            let body = format!("{{\"OnlineOnlyFlag\":{value}}}");
+            assert!(parse(body.as_bytes()).unwrap().flag(Known::OnlineOnlyFlag).is_err(), "{value}");
+        }
+        assert_eq!(parse(b"{\"OnlineOnlyFlag\":null}").unwrap().flag(Known::OnlineOnlyFlag).unwrap(), None);
+    }
+
+    #[test]
+    fn strings_and_arrays() {
+        let f = parse(br#"{"GroupId":"a\nb","Type":null,"From_Account":5,"MsgBody":{},"ErrorInfo":null}"#).unwrap();
+        let group = f.required_string(Known::GroupId).unwrap();
+        assert_eq!(group, "a\nb");
+        assert!(matches!(group, Cow::Owned(_)));
+        assert_eq!(f.required_string(Known::Type).unwrap_err(), BodyError::MissingField("Type"));
+        assert_eq!(f.required_string(Known::ErrorCode).unwrap_err(), BodyError::MissingField("ErrorCode"));
+        assert_eq!(
+            f.string(Known::FromAccount).unwrap_err(),
+            BodyError::InvalidField { field: "From_Account", expected: "a string or null" }
+        );
+        assert_eq!(f.string(Known::ErrorInfo).unwrap(), None);
+        assert_eq!(f.string(Known::CloudCustomData).unwrap(), None);
+        assert_eq!(
+            f.array(Known::MsgBody).unwrap_err(),
+            BodyError::InvalidField { field: "MsgBody", expected: "an array or null" }
+        );
+        // A lone surrogate escape passes the raw parse but is not a valid string value.
+        let f = parse(br#"{"GroupId":"\ud800"}"#).unwrap();
+        assert!(f.required_string(Known::GroupId).is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! im-callback-forwarder: Tencent Cloud IM exception callbacks in, normalized events out to Kafka.
+//!
+//! A byte enters at [`http::CallbackEdge`], is checked and normalized by the pure functions of
+//! [`callback`], and leaves through [`sink::KafkaSink`]. [`App`] wires them together from a
+//! [`config::Config`]; `main.rs` only parses flags, binds and waits for a signal.
+
+pub mod callback;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod sink;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::callback::AppRegistry;
+use crate::config::{Config, KafkaTarget};
+use crate::http::{AdminEdge, CallbackEdge};
+use crate::metrics::Metrics;
+use crate::sink::{EmbeddedKafka, KafkaSink, ReadBackLogger, SinkError};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The producer rejected its configuration (e.g. an unknown `-X` property).
+    #[error(transparent)]
+    Kafka(#[from] SinkError),
+    /// The embedded cluster of `--dev` could not start.
+    #[error("embedded Kafka (--dev) failed to start: {0}")]
+    Embedded(#[source] rdkafka::error::KafkaError),
+}
+
+/// What shutdown left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Records accepted but not acknowledged by Kafka when the flush deadline passed.
+    pub undelivered: usize,
+}
+
+/// A configured service, ready to serve on bound listeners.
+pub struct App {
+    config: Config,
+    metrics: Arc<Metrics>,
+    sink: Arc<KafkaSink>,
+    // Dropped after the sink is flushed: the embedded cluster must outlive the producer.
+    read_back: Option<ReadBackLogger>,
+    embedded: Option<EmbeddedKafka>,
+}
+
+impl App {
+    /// Creates metrics and the Kafka producer; fails on a configuration librdkafka rejects.
+    pub fn build(config: Config) -> Result<App, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let embedded = match &config.kafka {
+            KafkaTarget::Brokers(_) => None,
+            KafkaTarget::Embedded => {
+                Some(EmbeddedKafka::start(&[&config.topic, &config.dead_letter_topic]).map_err(StartError::Embedded)?)
+            }
+        };
+        let bootstrap_servers = match (&config.kafka, &embedded) {
+            (KafkaTarget::Brokers(brokers), _) => brokers.clone(),
+            (KafkaTarget::Embedded, Some(cluster)) => cluster.bootstrap_servers().to_owned(),
+            (KafkaTarget::Embedded, None) => unreachable!("embedded cluster started above"),
+        };
+        let sink = KafkaSink::start(
+            &bootstrap_servers,
+            &config.kafka_properties,
+            config.topic.clone(),
+            config.dead_letter_topic.clone(),
+            metrics.clone(),
+        )?;
+        let read_back = match &embedded {
+            Some(cluster) => {
+                info!(bootstrap_servers = cluster.bootstrap_servers(), "embedded Kafka started (--dev)");
+                Some(
+                    ReadBackLogger::start(cluster.bootstrap_servers(), &[&config.topic, &config.dead_letter_topic])
+                        .map_err(StartError::Embedded)?,
+                )
+            }
+            None => None,
+        };
+        Ok(App { config, metrics, sink, read_back, embedded })
+    }
+
+    /// Serves callbacks and admin endpoints until `shutdown` resolves, then drains connections and
+    /// flushes Kafka within the configured shutdown timeout.
+    pub async fn serve(
+        self,
+        callback: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> ShutdownReport {
+        let App { config, metrics, sink, read_back, embedded } = self;
+        let apps = AppRegistry::new(config.apps.clone(), config.max_clock_skew);
+        let edge = Arc::new(CallbackEdge::new(
+            apps,
+            config.callback_path.clone(),
+            config.max_body_bytes,
+            sink.clone(),
+            metrics.clone(),
+        ));
+        let admin_edge = Arc::new(AdminEdge::new(metrics, sink.clone()));
+
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_handler = admin_edge.clone();
+        let admin_task = tokio::spawn(http::serve(
+            "admin",
+            admin,
+            move |request| admin_handler.clone().handle(request),
+            async move {
+                let _ = admin_stopped.await;
+            },
+            Duration::from_secs(1),
+        ));
+
+        let deadline = std::sync::OnceLock::new();
+        let callback_handler = edge.clone();
+        http::serve(
+            "callback",
+            callback,
+            move |request| callback_handler.clone().handle(request),
+            async {
+                shutdown.await;
+                let _ = deadline.set(Instant::now() + config.shutdown_timeout);
+                admin_edge.begin_shutdown();
+                info!("shutdown requested: not ready, draining connections");
+            },
+            // At most half the budget goes to draining so that the flush always gets the rest.
+            config.shutdown_timeout / 2,
+        )
+        .await;
+        edge.close();
+
+        let deadline = deadline.get().copied().unwrap_or_else(|| Instant::now() + config.shutdown_timeout);
+        let flush_timeout = deadline.saturating_duration_since(Instant::now());
+        let flushing = sink.clone();
+        let undelivered =
+            tokio::task::spawn_blocking(move || flushing.flush(flush_timeout)).await.expect("flush task panicked");
+        let _ = stop_admin.send(());
+        let _ = admin_task.await;
+        // librdkafka clients before the embedded cluster they talk to.
+        drop((edge, admin_edge, sink));
+        drop(read_back);
+        drop(embedded);
+        ShutdownReport { undelivered }
+    }
+}

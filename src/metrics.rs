@@ -1,0 +1,357 @@
+//! Metrics: the fixed catalogue of everything this service counts, on a private Prometheus registry.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use rdkafka::Statistics;
+
+use crate::callback::{ErrorCategory, ERROR_CODE_LABELS};
+
+/// Every value of the `outcome` label of `imcf_callbacks_total`; all are exported from the start at 0.
+pub const OUTCOMES: &[&str] = &[
+    "accepted",
+    "ignored",
+    "not_found",
+    "method_not_allowed",
+    "body_too_large",
+    "body_read_failed",
+    "repeated_parameter",
+    "missing_sdk_app_id",
+    "unknown_sdk_app_id",
+    "missing_sign",
+    "bad_sign",
+    "stale_request_time",
+    "invalid_json",
+    "duplicate_field",
+    "missing_field",
+    "invalid_field",
+    "missing_command",
+    "command_mismatch",
+    "unavailable",
+];
+
+const ACK_BUCKETS: &[f64] =
+    &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0];
+const DELIVERY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// The service's metrics; cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    callbacks: IntCounterVec,
+    accepted: IntCounter,
+    ignored: IntCounter,
+    exceptions: Vec<IntCounter>,
+    exceptions_by_code: IntCounterVec,
+    /// Records handed to the dead-letter topic.
+    pub dead_letters: IntCounter,
+    /// Delivery reports that confirmed a record.
+    pub kafka_delivered: IntCounter,
+    /// Delivery reports that gave up on a record.
+    pub kafka_delivery_failures: IntCounter,
+    /// Records handed to the producer and not yet reported on.
+    pub kafka_queue_events: IntGauge,
+    /// Time from request arrival to answer.
+    pub ack_duration: Histogram,
+    /// Time from hand-over to the producer to the delivery report.
+    pub delivery_duration: Histogram,
+    /// 1 while /readyz answers 200.
+    pub ready: IntGauge,
+    /// Unix time of the last successful metadata request.
+    pub metadata_last_success: IntGauge,
+    stats: KafkaStatsMetrics,
+}
+
+struct KafkaStatsMetrics {
+    queue_messages: IntGauge,
+    queue_bytes: IntGauge,
+    broker_rtt: prometheus::GaugeVec,
+    broker_up: IntGaugeVec,
+    broker_errors: IntCounterVec,
+    broker_retries: IntCounterVec,
+    broker_timeouts: IntCounterVec,
+    // librdkafka reports cumulative totals; the counters advance by the difference.
+    last_totals: Mutex<HashMap<(String, &'static str), u64>>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+impl Metrics {
+    /// Builds the catalogue on a fresh private registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let callbacks = counter_vec(&registry, "imcf_callbacks_total", "Callbacks received, by outcome.", "outcome");
+        for outcome in OUTCOMES {
+            callbacks.with_label_values(&[outcome]);
+        }
+        let by_category = counter_vec(
+            &registry,
+            "imcf_exceptions_total",
+            "Accepted exception events, by error category.",
+            "category",
+        );
+        let exceptions =
+            ErrorCategory::ALL.iter().map(|category| by_category.with_label_values(&[category.as_str()])).collect();
+        let exceptions_by_code = counter_vec(
+            &registry,
+            "imcf_exceptions_by_code_total",
+            "Accepted exception events, by Tencent ErrorCode (documented codes, else \"other\").",
+            "error_code",
+        );
+        for code in ERROR_CODE_LABELS {
+            exceptions_by_code.with_label_values(&[code]);
+        }
+        let build_info = IntGaugeVec::new(Opts::new("imcf_build_info", "Build information; always 1."), &["version"])
+            .expect("valid metric");
+        registry.register(Box::new(build_info.clone())).expect("unique metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
+
+        let stats = KafkaStatsMetrics::new(&registry);
+        Metrics {
+            accepted: callbacks.with_label_values(&["accepted"]),
+            ignored: callbacks.with_label_values(&["ignored"]),
+            callbacks,
+            exceptions,
+            exceptions_by_code,
+            dead_letters: counter(&registry, "imcf_dead_letters_total", "Records handed to the dead-letter topic."),
+            kafka_delivered: counter(&registry, "imcf_kafka_delivered_total", "Records Kafka acknowledged."),
+            kafka_delivery_failures: counter(
+                &registry,
+                "imcf_kafka_delivery_failures_total",
+                "Records whose delivery failed for good.",
+            ),
+            kafka_queue_events: gauge(
+                &registry,
+                "imcf_kafka_queue_events",
+                "Records accepted and not yet acknowledged by Kafka.",
+            ),
+            ack_duration: histogram(
+                &registry,
+                "imcf_ack_duration_seconds",
+                "Time from request arrival to the answer.",
+                ACK_BUCKETS,
+            ),
+            delivery_duration: histogram(
+                &registry,
+                "imcf_delivery_duration_seconds",
+                "Time from hand-over to the producer to Kafka's delivery report.",
+                DELIVERY_BUCKETS,
+            ),
+            ready: gauge(&registry, "imcf_ready", "1 while the service reports ready."),
+            metadata_last_success: gauge(
+                &registry,
+                "imcf_kafka_metadata_last_success_timestamp_seconds",
+                "Unix time of the last successful Kafka metadata request.",
+            ),
+            stats,
+            registry,
+        }
+    }
+
+    /// Counts one answered callback under its outcome label.
+    pub fn callback(&self, outcome: &'static str) {
+        match outcome {
+            "accepted" => self.accepted.inc(),
+            "ignored" => self.ignored.inc(),
+            other => self.callbacks.with_label_values(&[other]).inc(),
+        }
+    }
+
+    /// Counts one accepted exception event.
+    pub fn exception(&self, category: ErrorCategory, error_code_label: &'static str) {
+        if let Some(index) = ErrorCategory::ALL.iter().position(|c| *c == category) {
+            self.exceptions[index].inc();
+        }
+        self.exceptions_by_code.with_label_values(&[error_code_label]).inc();
+    }
+
+    /// Folds one librdkafka statistics report into the gauges and counters.
+    pub fn kafka_statistics(&self, statistics: &Statistics) {
+        self.stats.update(statistics);
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buffer = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding into memory cannot fail");
+        buffer
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KafkaStatsMetrics {
+    fn new(registry: &Registry) -> Self {
+        let broker_rtt = prometheus::GaugeVec::new(
+            Opts::new("imcf_kafka_broker_rtt_seconds", "Broker round-trip time from librdkafka statistics."),
+            &["broker", "quantile"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(broker_rtt.clone())).expect("unique metric");
+        let broker_up = IntGaugeVec::new(
+            Opts::new("imcf_kafka_broker_up", "1 when librdkafka's connection to the broker is up."),
+            &["broker"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(broker_up.clone())).expect("unique metric");
+        KafkaStatsMetrics {
+            queue_messages: gauge(
+                registry,
+                "imcf_kafka_producer_queue_messages",
+                "Messages in librdkafka's producer queue.",
+            ),
+            queue_bytes: gauge(
+                registry,
+                "imcf_kafka_producer_queue_bytes",
+                "Bytes of messages in librdkafka's producer queue.",
+            ),
+            broker_rtt,
+            broker_up,
+            broker_errors: counter_vec(
+                registry,
+                "imcf_kafka_broker_request_errors_total",
+                "Transmit and receive errors, per broker.",
+                "broker",
+            ),
+            broker_retries: counter_vec(
+                registry,
+                "imcf_kafka_broker_request_retries_total",
+                "Requests retried, per broker.",
+                "broker",
+            ),
+            broker_timeouts: counter_vec(
+                registry,
+                "imcf_kafka_broker_request_timeouts_total",
+                "Requests that timed out, per broker.",
+                "broker",
+            ),
+            last_totals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn update(&self, statistics: &Statistics) {
+        self.queue_messages.set(statistics.msg_cnt as i64);
+        self.queue_bytes.set(statistics.msg_size as i64);
+        let mut last_totals = self.last_totals.lock().expect("stats lock");
+        for broker in statistics.brokers.values() {
+            // The bootstrap pseudo-brokers have no node id and would add unbounded labels.
+            if broker.nodeid < 0 {
+                continue;
+            }
+            let name = broker.name.as_str();
+            self.broker_up.with_label_values(&[name]).set(i64::from(broker.state == "UP"));
+            if let Some(rtt) = &broker.rtt {
+                self.broker_rtt.with_label_values(&[name, "0.5"]).set(rtt.p50 as f64 / 1e6);
+                self.broker_rtt.with_label_values(&[name, "0.99"]).set(rtt.p99 as f64 / 1e6);
+            }
+            let totals = [
+                (&self.broker_errors, "errors", broker.txerrs + broker.rxerrs),
+                (&self.broker_retries, "retries", broker.txretries),
+                (&self.broker_timeouts, "timeouts", broker.req_timeouts),
+            ];
+            for (counter, kind, total) in totals {
+                let last = last_totals.entry((name.to_owned(), kind)).or_insert(0);
+                counter.with_label_values(&[name]).inc_by(total.saturating_sub(*last));
+                *last = total.max(*last);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(metrics: &Metrics, needle: &str) -> Option<f64> {
+        let text = String::from_utf8(metrics.render()).unwrap();
+        text.lines()
+            .find(|line| line.starts_with(needle) && line[needle.len()..].starts_with(' '))
+            .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+    }
+
+    #[test]
+    fn catalogue_is_exported_at_zero() {
+        let metrics = Metrics::new();
+        for outcome in OUTCOMES {
+            assert_eq!(sample(&metrics, &format!("imcf_callbacks_total{{outcome=\"{outcome}\"}}")), Some(0.0));
+        }
+        assert_eq!(sample(&metrics, "imcf_exceptions_total{category=\"content_moderated\"}"), Some(0.0));
+        assert_eq!(sample(&metrics, "imcf_exceptions_by_code_total{error_code=\"other\"}"), Some(0.0));
+        assert_eq!(sample(&metrics, "imcf_kafka_queue_events"), Some(0.0));
+        assert_eq!(sample(&metrics, "imcf_ack_duration_seconds_count"), Some(0.0));
+    }
+
+    #[test]
+    fn counts_land_under_their_labels() {
+        let metrics = Metrics::new();
+        metrics.callback("accepted");
+        metrics.callback("bad_sign");
+        metrics.callback("bad_sign");
+        metrics.exception(ErrorCategory::from_code(10023), "10023");
+        assert_eq!(sample(&metrics, "imcf_callbacks_total{outcome=\"accepted\"}"), Some(1.0));
+        assert_eq!(sample(&metrics, "imcf_callbacks_total{outcome=\"bad_sign\"}"), Some(2.0));
+        assert_eq!(sample(&metrics, "imcf_exceptions_total{category=\"rate_limited\"}"), Some(1.0));
+        assert_eq!(sample(&metrics, "imcf_exceptions_by_code_total{error_code=\"10023\"}"), Some(1.0));
+    }
+
+    #[test]
+    fn librdkafka_statistics_become_bounded_metrics() {
+        let json = r#"{"name":"p","client_id":"c","type":"producer","ts":1,"time":1,"age":1,"replyq":0,
+            "msg_cnt":7,"msg_size":700,"msg_max":100000,"msg_size_max":1,"simple_cnt":0,"metadata_cache_cnt":1,
+            "tx":1,"tx_bytes":1,"rx":1,"rx_bytes":1,"txmsgs":1,"txmsg_bytes":1,"rxmsgs":0,"rxmsg_bytes":0,
+            "brokers":{
+              "127.0.0.1:9092/bootstrap":{"name":"127.0.0.1:9092/bootstrap","nodeid":-1,"nodename":"127.0.0.1:9092","source":"configured","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":1,"txbytes":1,"txerrs":9,"txretries":0,"txidle":0,"req_timeouts":0,"rx":1,"rxbytes":1,"rxerrs":0,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{}},
+              "127.0.0.1:9092/1":{"name":"127.0.0.1:9092/1","nodeid":1,"nodename":"127.0.0.1:9092","source":"learned","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":1,"txbytes":1,"txerrs":2,"txretries":3,"txidle":0,"req_timeouts":1,"rx":1,"rxbytes":1,"rxerrs":1,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{},
+                "rtt":{"min":100,"max":9000,"avg":1000,"sum":1,"cnt":1,"stddev":0,"hdrsize":1,"p50":1500,"p75":1,"p90":1,"p95":1,"p99":8000,"p99_99":1,"outofrange":0}}},
+            "topics":{}}"#;
+        let statistics: Statistics = serde_json::from_str(json).expect("librdkafka statistics JSON");
+        let metrics = Metrics::new();
+        metrics.kafka_statistics(&statistics);
+        metrics.kafka_statistics(&statistics);
+        assert_eq!(sample(&metrics, "imcf_kafka_producer_queue_messages"), Some(7.0));
+        assert_eq!(sample(&metrics, "imcf_kafka_producer_queue_bytes"), Some(700.0));
+        let broker = "broker=\"127.0.0.1:9092/1\"";
+        assert_eq!(sample(&metrics, &format!("imcf_kafka_broker_up{{{broker}}}")), Some(1.0));
+        assert_eq!(
+            sample(&metrics, &format!("imcf_kafka_broker_rtt_seconds{{{broker},quantile=\"0.99\"}}")),
+            Some(0.008)
+        );
+        // Reported twice, counted once: the counters follow librdkafka's cumulative totals.
+        assert_eq!(sample(&metrics, &format!("imcf_kafka_broker_request_errors_total{{{broker}}}")), Some(3.0));
+        assert_eq!(sample(&metrics, &format!("imcf_kafka_broker_request_retries_total{{{broker}}}")), Some(3.0));
+        assert!(!String::from_utf8(metrics.render()).unwrap().contains("bootstrap"));
+    }
+}

@@ -1,0 +1,7 @@
+//! The Kafka sink: where accepted events leave the process, and the embedded cluster of `--dev`.
+
+mod embedded;
+mod kafka;
+
+pub use embedded::{EmbeddedKafka, ReadBackLogger};
+pub use kafka::{KafkaSink, SinkError, SinkHealth};
