@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+pub use crate::sink::Durability;
+pub use crate::spool::SpoolConfig;
+
 /// Default Kafka topic for exception events.
 pub const DEFAULT_TOPIC: &str = "im.group.send-msg-exception";
 
@@ -64,9 +67,30 @@ pub struct Args {
     #[arg(long, env = "IMCF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// When a callback is acknowledged: `memory` once in the producer queue, `disk` once fsynced to the spool.
+    #[arg(long, env = "IMCF_DURABILITY", value_enum, default_value_t = DurabilityArg::Memory)]
+    pub durability: DurabilityArg,
+
+    /// Directory of the disk spool that keeps what Kafka has not acknowledged; required by `--durability disk`.
+    #[arg(long, env = "IMCF_SPOOL_DIR")]
+    pub spool_dir: Option<std::path::PathBuf>,
+
+    /// Most bytes the spool may take on disk; past it, callbacks are refused with 503.
+    #[arg(long, env = "IMCF_SPOOL_MAX_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1 << 20..))]
+    pub spool_max_bytes: u64,
+
     /// Run with an embedded in-memory Kafka (librdkafka's mock cluster) and log every event read back.
     #[arg(long, env = "IMCF_DEV")]
     pub dev: bool,
+}
+
+/// `--durability` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// Acknowledge once the event is in librdkafka's queue.
+    Memory,
+    /// Acknowledge once the event is fsynced to the spool.
+    Disk,
 }
 
 /// How log lines are written to stdout.
@@ -121,7 +145,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// When a callback counts as safe.
+    pub durability: Durability,
+    /// The disk spool, if any.
+    pub spool: Option<SpoolConfig>,
 }
+
+/// Size at which a spool segment is closed and a new one started.
+const SPOOL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A configuration value that parses but cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +174,9 @@ pub enum ConfigError {
     /// Dead letters must not land among events.
     #[error("--dead-letter-topic must differ from --topic")]
     SameTopics,
+    /// Disk durability writes to the spool.
+    #[error("--durability disk requires --spool-dir")]
+    DiskWithoutSpool,
     /// `--shutdown-timeout` of zero leaves no time to flush.
     #[error("--shutdown-timeout must be at least 1 second")]
     ShutdownTimeout,
@@ -179,6 +213,9 @@ impl TryFrom<Args> for Config {
         if args.shutdown_timeout == 0 {
             return Err(ConfigError::ShutdownTimeout);
         }
+        if args.durability == DurabilityArg::Disk && args.spool_dir.is_none() {
+            return Err(ConfigError::DiskWithoutSpool);
+        }
         let tokens: Vec<String> = args.callback_token.into_iter().collect();
         let mut apps: Vec<(u64, Vec<String>)> = Vec::new();
         for id in args.sdk_app_ids {
@@ -203,6 +240,15 @@ impl TryFrom<Args> for Config {
             max_body_bytes: args.max_body_bytes,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             log_format: args.log_format,
+            durability: match args.durability {
+                DurabilityArg::Memory => Durability::Memory,
+                DurabilityArg::Disk => Durability::Disk,
+            },
+            spool: args.spool_dir.map(|dir| SpoolConfig {
+                dir,
+                max_bytes: args.spool_max_bytes,
+                segment_bytes: SPOOL_SEGMENT_BYTES.min(args.spool_max_bytes / 4),
+            }),
         })
     }
 }
@@ -230,6 +276,16 @@ mod tests {
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(config.max_clock_skew, Duration::from_secs(60));
         assert_eq!(config.apps, vec![(1400000000, vec![])]);
+        assert_eq!(config.durability, Durability::Memory);
+        assert!(config.spool.is_none());
+    }
+
+    #[test]
+    fn disk_durability_needs_a_spool() {
+        assert!(parse(&["--sdk-app-id", "1", "--dev", "--durability", "disk"]).unwrap_err().contains("--spool-dir"));
+        let config =
+            parse(&["--sdk-app-id", "1", "--dev", "--durability", "disk", "--spool-dir", "/tmp/s"]).unwrap();
+        assert_eq!(config.spool.unwrap().max_bytes, 1 << 30);
     }
 
     #[test]

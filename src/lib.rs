@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod sink;
+pub mod spool;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use crate::callback::AppRegistry;
 use crate::config::{Config, KafkaTarget};
 use crate::http::{AdminEdge, CallbackEdge};
 use crate::metrics::Metrics;
-use crate::sink::{EmbeddedKafka, KafkaSink, ReadBackLogger, SinkError};
+use crate::http::Topics;
+use crate::sink::{EmbeddedKafka, KafkaSink, ReadBackLogger, SinkError, SinkSettings};
+use crate::spool::{Spool, SpoolError};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,9 @@ pub enum StartError {
     /// The producer rejected its configuration (e.g. an unknown `-X` property).
     #[error(transparent)]
     Kafka(#[from] SinkError),
+    /// The spool directory could not be opened or recovered.
+    #[error("--spool-dir: {0}")]
+    Spool(#[from] SpoolError),
     /// The embedded cluster of `--dev` could not start.
     #[error("embedded Kafka (--dev) failed to start: {0}")]
     Embedded(#[source] rdkafka::error::KafkaError),
@@ -39,6 +45,8 @@ pub enum StartError {
 pub struct ShutdownReport {
     /// Records accepted but not acknowledged by Kafka when the flush deadline passed.
     pub undelivered: usize,
+    /// Of those, records kept in the spool for the next start.
+    pub spooled: u64,
 }
 
 /// A configured service, ready to serve on bound listeners.
@@ -66,11 +74,18 @@ impl App {
             (KafkaTarget::Embedded, Some(cluster)) => cluster.bootstrap_servers().to_owned(),
             (KafkaTarget::Embedded, None) => unreachable!("embedded cluster started above"),
         };
+        let spool = match &config.spool {
+            Some(spool_config) => Some(Spool::open(spool_config.clone(), metrics.clone())?),
+            None => None,
+        };
         let sink = KafkaSink::start(
-            &bootstrap_servers,
-            &config.kafka_properties,
-            config.topic.clone(),
-            config.dead_letter_topic.clone(),
+            SinkSettings {
+                bootstrap_servers: &bootstrap_servers,
+                overrides: &config.kafka_properties,
+                topics: vec![config.topic.clone(), config.dead_letter_topic.clone()],
+                durability: config.durability,
+                spool,
+            },
             metrics.clone(),
         )?;
         let read_back = match &embedded {
@@ -100,6 +115,7 @@ impl App {
             apps,
             config.callback_path.clone(),
             config.max_body_bytes,
+            Topics { events: config.topic.clone(), dead_letter: config.dead_letter_topic.clone() },
             sink.clone(),
             metrics.clone(),
         ));
@@ -138,14 +154,14 @@ impl App {
         let deadline = deadline.get().copied().unwrap_or_else(|| Instant::now() + config.shutdown_timeout);
         let flush_timeout = deadline.saturating_duration_since(Instant::now());
         let flushing = sink.clone();
-        let undelivered =
-            tokio::task::spawn_blocking(move || flushing.flush(flush_timeout)).await.expect("flush task panicked");
+        let flushed =
+            tokio::task::spawn_blocking(move || flushing.shutdown(flush_timeout)).await.expect("flush task panicked");
         let _ = stop_admin.send(());
         let _ = admin_task.await;
         // librdkafka clients before the embedded cluster they talk to.
         drop((edge, admin_edge, sink));
         drop(read_back);
         drop(embedded);
-        ShutdownReport { undelivered }
+        ShutdownReport { undelivered: flushed.undelivered, spooled: flushed.spooled }
     }
 }

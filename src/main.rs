@@ -41,6 +41,6 @@ async fn main() -> anyhow::Result<()> {
         "listening"
     );
     let report = app.serve(callback, admin, shutdown_signal()).await;
-    info!(undelivered = report.undelivered, "shutdown complete");
+    info!(undelivered = report.undelivered, spooled = report.spooled, "shutdown complete");
     Ok(())
 }

@@ -31,7 +31,11 @@ pub const OUTCOMES: &[&str] = &[
     "missing_command",
     "command_mismatch",
     "unavailable",
+    "spool_full",
 ];
+
+/// Every value of the `reason` label of `imcf_spooled_total`.
+pub const SPOOL_REASONS: &[&str] = &["write_ahead", "queue_full", "delivery_failed", "shutdown"];
 
 const ACK_BUCKETS: &[f64] =
     &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0];
@@ -62,6 +66,19 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Unix time of the last successful metadata request.
     pub metadata_last_success: IntGauge,
+    /// Accepted events dropped for good (no spool, or the spool failed).
+    pub events_lost: IntCounter,
+    /// Records in the spool not yet acknowledged by Kafka.
+    pub spool_events: IntGauge,
+    /// Bytes of spool segments on disk.
+    pub spool_bytes: IntGauge,
+    spooled: IntCounterVec,
+    /// Spooled records handed to the producer again.
+    pub replayed: IntCounter,
+    /// Damaged spool regions moved to quarantine.
+    pub spool_quarantined: IntCounter,
+    /// Time of one group-commit fsync.
+    pub spool_fsync_duration: Histogram,
     stats: KafkaStatsMetrics,
 }
 
@@ -136,6 +153,10 @@ impl Metrics {
             .expect("unique metric");
 
         let stats = KafkaStatsMetrics::new(&registry);
+        let spooled = counter_vec(&registry, "imcf_spooled_total", "Records written to the disk spool, by reason.", "reason");
+        for reason in SPOOL_REASONS {
+            spooled.with_label_values(&[reason]);
+        }
         Metrics {
             accepted: callbacks.with_label_values(&["accepted"]),
             ignored: callbacks.with_label_values(&["ignored"]),
@@ -172,6 +193,26 @@ impl Metrics {
                 "imcf_kafka_metadata_last_success_timestamp_seconds",
                 "Unix time of the last successful Kafka metadata request.",
             ),
+            events_lost: counter(
+                &registry,
+                "imcf_events_lost_total",
+                "Accepted events dropped for good: Kafka refused them and no spool could keep them.",
+            ),
+            spool_events: gauge(&registry, "imcf_spool_events", "Records in the disk spool not yet acknowledged by Kafka."),
+            spool_bytes: gauge(&registry, "imcf_spool_bytes", "Bytes of disk spool segments."),
+            spooled,
+            replayed: counter(&registry, "imcf_replayed_total", "Spooled records handed to the producer again."),
+            spool_quarantined: counter(
+                &registry,
+                "imcf_spool_quarantined_total",
+                "Damaged spool regions (bad checksum) moved to the quarantine folder.",
+            ),
+            spool_fsync_duration: histogram(
+                &registry,
+                "imcf_spool_fsync_duration_seconds",
+                "Time of one spool fsync (one group commit).",
+                ACK_BUCKETS,
+            ),
             stats,
             registry,
         }
@@ -192,6 +233,16 @@ impl Metrics {
             self.exceptions[index].inc();
         }
         self.exceptions_by_code.with_label_values(&[error_code_label]).inc();
+    }
+
+    /// Counts one record written to the spool for `reason` (one of [`SPOOL_REASONS`]).
+    pub fn spooled(&self, reason: &'static str) {
+        self.spooled.with_label_values(&[reason]).inc();
+    }
+
+    /// Records spooled so far for `reason`.
+    pub fn spooled_count(&self, reason: &'static str) -> u64 {
+        self.spooled.with_label_values(&[reason]).get()
     }
 
     /// Folds one librdkafka statistics report into the gauges and counters.
@@ -333,8 +384,8 @@ mod tests {
             "msg_cnt":7,"msg_size":700,"msg_max":100000,"msg_size_max":1,"simple_cnt":0,"metadata_cache_cnt":1,
             "tx":1,"tx_bytes":1,"rx":1,"rx_bytes":1,"txmsgs":1,"txmsg_bytes":1,"rxmsgs":0,"rxmsg_bytes":0,
             "brokers":{
-              "127.0.0.1:9092/bootstrap":{"name":"127.0.0.1:9092/bootstrap","nodeid":-1,"nodename":"127.0.0.1:9092","source":"configured","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":1,"txbytes":1,"txerrs":9,"txretries":0,"txidle":0,"req_timeouts":0,"rx":1,"rxbytes":1,"rxerrs":0,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{}},
-              "127.0.0.1:9092/1":{"name":"127.0.0.1:9092/1","nodeid":1,"nodename":"127.0.0.1:9092","source":"learned","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":1,"txbytes":1,"txerrs":2,"txretries":3,"txidle":0,"req_timeouts":1,"rx":1,"rxbytes":1,"rxerrs":1,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{},
+              "127.0.0.1:9092/bootstrap":{"name":"127.0.0.1:9092/bootstrap","nodeid":-1,"nodename":"127.0.0.1:9092","source":"configured","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":1,"txbytes":1,"txerrs":9,"txretries":0,"txidle":0,"req_timeouts":0,"rx":1,"rxbytes":1,"rxerrs":0,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{},"toppars":{}},
+              "127.0.0.1:9092/1":{"name":"127.0.0.1:9092/1","nodeid":1,"nodename":"127.0.0.1:9092","source":"learned","state":"UP","stateage":1,"outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":1,"txbytes":1,"txerrs":2,"txretries":3,"txidle":0,"req_timeouts":1,"rx":1,"rxbytes":1,"rxerrs":1,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"wakeups":0,"connects":1,"disconnects":0,"req":{},"toppars":{},
                 "rtt":{"min":100,"max":9000,"avg":1000,"sum":1,"cnt":1,"stddev":0,"hdrsize":1,"p50":1500,"p75":1,"p90":1,"p95":1,"p99":8000,"p99_99":1,"outofrange":0}}},
             "topics":{}}"#;
         let statistics: Statistics = serde_json::from_str(json).expect("librdkafka statistics JSON");

@@ -8,10 +8,10 @@ use serde_json::value::RawValue;
 
 use super::error::BodyError;
 
-/// Deepest nesting of arrays/objects accepted in a body (the top-level object counts as 1). One less than
-/// serde_json's default recursion limit, so the event, which nests body values one level deeper, stays
-/// readable by consumers using serde_json's defaults.
-pub const MAX_BODY_DEPTH: usize = 127;
+/// Deepest nesting of arrays/objects accepted in a body (the top-level object counts as 1). serde_json reads at
+/// most 127 levels by default and events nest body values one level deeper (`extra`, `body`), so bodies stop
+/// at 126 and every event stays readable by consumers using serde_json's defaults.
+pub const MAX_BODY_DEPTH: usize = 126;
 
 /// A top-level body field this service interprets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,14 +130,12 @@ impl<'a> BodyFields<'a> {
         field: Known,
         expected: &'static str,
     ) -> Result<Option<T>, BodyError> {
-        self.raw(field)
-            .map(|raw| {
-                serde_json::from_str::<LenientInt>(raw.get())
-                    .ok()
-                    .and_then(|n| T::try_from(n.0).ok())
-                    .ok_or_else(|| invalid(field, expected))
-            })
-            .transpose()
+        self.raw(field).map(|raw| lenient_integer(raw).ok_or_else(|| invalid(field, expected))).transpose()
+    }
+
+    /// An unknown field's raw value, by its (decoded) key; JSON `null` counts as absent.
+    pub(super) fn extra_raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.extra.iter().find(|(k, _)| k == key).map(|(_, v)| *v).filter(|v| v.get() != "null")
     }
 
     /// A flag given as `true`/`false`, `0`/`1`, or `"0"`/`"1"`.
@@ -159,6 +157,11 @@ impl<'a> BodyFields<'a> {
             other => Ok(other),
         }
     }
+}
+
+/// A JSON integer or a string holding a decimal integer, within `T`'s range; `None` for anything else.
+pub(super) fn lenient_integer<T: TryFrom<i128>>(raw: &RawValue) -> Option<T> {
+    serde_json::from_str::<LenientInt>(raw.get()).ok().and_then(|n| T::try_from(n.0).ok())
 }
 
 fn invalid(field: Known, expected: &'static str) -> BodyError {
@@ -454,7 +457,7 @@ mod tests {
         assert_eq!(parse(&nested("", 10_000, "")).unwrap_err(), too_deep);
         // Unterminated: still no overflow.
         assert_eq!(parse(&[b'['; 10_000]).unwrap_err(), too_deep);
-        // The limit itself: top-level object + 126 arrays is fine, one more is not.
+        // The limit itself: top-level object + 125 arrays is fine, one more is not.
         assert!(parse(&nested("{\"x\":", MAX_BODY_DEPTH - 1, "}")).is_ok());
         assert_eq!(parse(&nested("{\"x\":", MAX_BODY_DEPTH, "}")).unwrap_err(), too_deep);
         // Brackets inside strings (with escaped quotes) do not count.

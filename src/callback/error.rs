@@ -139,6 +139,45 @@ impl BodyError {
     }
 }
 
+/// Why an authentic, well-formed callback is answered with a refusal by the routing policy; nothing is
+/// dead-lettered for these (a routed callback is published before the refusal is sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteRefusal {
+    /// A before-callback while `--refuse-before-callbacks` is set: the user's action must not go ahead.
+    #[error("before-callbacks are refused by this endpoint (CallbackCommand contains Before or Prev)")]
+    BeforeCallback,
+    /// No route matches the command and `--unrouted reject` is set.
+    #[error("CallbackCommand has no route on this endpoint")]
+    Unrouted,
+}
+
+impl RouteRefusal {
+    /// HTTP status of the refusal. A before-callback refusal is 200: Tencent counts a non-200 answer as a failed
+    /// callback rather than reading its `ErrorCode`, and only the `ErrorCode` of a 200 answer blocks the action.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BeforeCallback => 200,
+            Self::Unrouted => 404,
+        }
+    }
+
+    /// `ErrorCode` of the refusal body: 1 is Tencent's documented "refuse" answer to a before-callback.
+    pub fn error_code(&self) -> u32 {
+        match self {
+            Self::BeforeCallback => 1,
+            Self::Unrouted => 40401,
+        }
+    }
+
+    /// Bounded `outcome` label for `imcf_callbacks_total`.
+    pub fn outcome_label(&self) -> &'static str {
+        match self {
+            Self::BeforeCallback => "before_refused",
+            Self::Unrouted => "unrouted",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +221,15 @@ mod tests {
             assert_eq!(err.status(), 400, "{err:?}");
             assert_eq!(err.error_code(), code, "{err:?}");
             assert_eq!(err.outcome_label(), label, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn route_refusals() {
+        let cases = [(RouteRefusal::BeforeCallback, 200, 1, "before_refused"), (RouteRefusal::Unrouted, 404, 40401, "unrouted")];
+        for (refusal, status, code, label) in cases {
+            assert_eq!((refusal.status(), refusal.error_code(), refusal.outcome_label()), (status, code, label));
+            assert!(refusal.to_string().contains("CallbackCommand"), "{refusal}");
         }
     }
 

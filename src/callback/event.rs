@@ -62,16 +62,44 @@ pub fn classify<'a>(
     received_at: SystemTime,
 ) -> Result<Classified<'a>, BodyError> {
     let fields = BodyFields::parse(body)?;
-    let command = match (query.callback_command.as_deref(), fields.string(Known::CallbackCommand)?) {
-        (Some(in_query), Some(in_body)) if in_query != in_body => return Err(BodyError::CommandMismatch),
-        (_, Some(in_body)) => in_body,
-        (Some(in_query), None) => Cow::Borrowed(in_query),
-        (None, None) => return Err(BodyError::MissingCommand),
-    };
+    let command = resolve_command(query, &fields)?;
     if command != EXCEPTION_COMMAND {
         return Ok(Classified::Other { command });
     }
+    exception_event(query, body, fields, command, received_at).map(Classified::Exception)
+}
 
+impl Classified<'_> {
+    /// The callback's command (`EXCEPTION_COMMAND` for the exception variant).
+    pub fn command(&self) -> &str {
+        match self {
+            Classified::Exception(event) => event.callback_command(),
+            Classified::Other { command } => command,
+        }
+    }
+}
+
+/// `CallbackCommand` from the body, else the query; both present and different is an error.
+pub(super) fn resolve_command<'a>(
+    query: &'a AuthenticatedQuery<'a>,
+    fields: &BodyFields<'a>,
+) -> Result<Cow<'a, str>, BodyError> {
+    match (query.callback_command.as_deref(), fields.string(Known::CallbackCommand)?) {
+        (Some(in_query), Some(in_body)) if in_query != in_body => Err(BodyError::CommandMismatch),
+        (_, Some(in_body)) => Ok(in_body),
+        (Some(in_query), None) => Ok(Cow::Borrowed(in_query)),
+        (None, None) => Err(BodyError::MissingCommand),
+    }
+}
+
+/// Normalizes the exception callback's parsed body into the v1 event, checking every known field.
+pub(super) fn exception_event<'a>(
+    query: &'a AuthenticatedQuery<'a>,
+    body: &'a [u8],
+    fields: BodyFields<'a>,
+    command: Cow<'a, str>,
+    received_at: SystemTime,
+) -> Result<ExceptionEvent<'a>, BodyError> {
     let group_id = fields.required_string(Known::GroupId)?;
     let group_type = fields.required_string(Known::Type)?;
     let from_account = fields.string(Known::FromAccount)?;
@@ -86,7 +114,7 @@ pub fn classify<'a>(
     let error_info = fields.string(Known::ErrorInfo)?;
     let event_time_ms = fields.integer::<i64>(Known::EventTime, "an integer or numeric string (milliseconds)")?;
 
-    Ok(Classified::Exception(ExceptionEvent {
+    Ok(ExceptionEvent {
         event_id: event_id(query.sdk_app_id, body),
         sdk_app_id: query.sdk_app_id,
         callback_command: command,
@@ -106,7 +134,7 @@ pub fn classify<'a>(
         client_ip: query.client_ip.as_deref(),
         opt_platform: query.opt_platform.as_deref(),
         extra: fields.extra,
-    }))
+    })
 }
 
 /// A normalized `Group.CallbackSendMsgException`, borrowing from the query and body.
@@ -224,7 +252,7 @@ impl Serialize for MsgBody<'_> {
 }
 
 /// RFC 3339 UTC with milliseconds, or null when absent or outside years 1970–9999.
-struct Rfc3339Millis(Option<SystemTime>);
+pub(super) struct Rfc3339Millis(pub(super) Option<SystemTime>);
 
 impl Serialize for Rfc3339Millis {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -248,7 +276,7 @@ impl Serialize for Extra<'_, '_> {
     }
 }
 
-fn millis_to_time(ms: i64) -> Option<SystemTime> {
+pub(super) fn millis_to_time(ms: i64) -> Option<SystemTime> {
     let ms = u64::try_from(ms).ok()?;
     UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
@@ -600,8 +628,22 @@ mod tests {
                 "]".repeat(10_000)
             );
             let err = body_error(QUERY, body.as_bytes());
-            assert_eq!(err, BodyError::TooDeep { max_depth: 127 }, "{field}");
+            assert_eq!(err, BodyError::TooDeep { max_depth: super::super::MAX_BODY_DEPTH }, "{field}");
             assert_eq!(err.outcome_label(), "invalid_json");
+        }
+    }
+
+    #[test]
+    fn deepest_accepted_body_keeps_the_event_readable_with_serde_json_defaults() {
+        let arrays = super::super::MAX_BODY_DEPTH - 1;
+        for field in ["x", "MsgBody"] {
+            let body = format!(
+                r#"{{"GroupId":"g","Type":"T","ErrorCode":1,"{field}":{}{}}}"#,
+                "[".repeat(arrays),
+                "]".repeat(arrays)
+            );
+            let value = event_json(QUERY, body.as_bytes());
+            assert_eq!(value["group_id"], "g", "{field}");
         }
     }
 

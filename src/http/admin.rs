@@ -37,7 +37,7 @@ impl AdminEdge {
         let readiness = if self.shutting_down.load(Ordering::SeqCst) {
             Err("shutting down".to_owned())
         } else {
-            self.sink.health().check()
+            self.sink.readiness()
         };
         self.metrics.ready.set(i64::from(readiness.is_ok()));
         readiness

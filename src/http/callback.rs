@@ -16,7 +16,7 @@ use tracing::{debug, error};
 use super::answer;
 use crate::callback::{self, AppRegistry, BodyError, Classified, RawQuery, RejectError, SCHEMA_V1};
 use crate::metrics::Metrics;
-use crate::sink::{KafkaSink, SinkError};
+use crate::sink::{KafkaSink, Outgoing, SinkError};
 
 /// Why a callback was refused; each variant knows its HTTP status, Tencent ErrorCode and metric label.
 #[derive(Debug, thiserror::Error)]
@@ -91,9 +91,19 @@ impl EdgeError {
     }
 }
 
+/// Where the callback endpoint publishes.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Normalized exception events.
+    pub events: String,
+    /// Raw bytes of authentic but unusable callbacks.
+    pub dead_letter: String,
+}
+
 /// State of the callback endpoint, shared by every connection.
 pub struct CallbackEdge {
     apps: AppRegistry,
+    topics: Topics,
     callback_path: String,
     max_body_bytes: u64,
     sink: Arc<KafkaSink>,
@@ -107,10 +117,11 @@ impl CallbackEdge {
         apps: AppRegistry,
         callback_path: String,
         max_body_bytes: u64,
+        topics: Topics,
         sink: Arc<KafkaSink>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        CallbackEdge { apps, callback_path, max_body_bytes, sink, metrics, closed: AtomicBool::new(false) }
+        CallbackEdge { apps, topics, callback_path, max_body_bytes, sink, metrics, closed: AtomicBool::new(false) }
     }
 
     /// Stops handing events to Kafka: requests that still arrive get 503 and are not acknowledged.
@@ -160,7 +171,13 @@ impl CallbackEdge {
                     ("schema", SCHEMA_V1.as_bytes()),
                     ("content-type", b"application/json"),
                 ];
-                self.sink.publish_event(event.group_id(), &json, &headers)?;
+                let record = Outgoing {
+                    topic: &self.topics.events,
+                    key: event.group_id().as_bytes(),
+                    payload: &json,
+                    headers: &headers,
+                };
+                self.sink.accept(record).await?;
                 self.metrics.exception(event.category(), callback::error_code_label(event.error_code()));
                 Ok("accepted")
             }
@@ -169,7 +186,7 @@ impl CallbackEdge {
                 Ok("ignored")
             }
             Err(err) => {
-                self.dead_letter(&parts, &authenticated, &body, received_at, &err);
+                self.dead_letter(&parts, &authenticated, &body, received_at, &err).await;
                 Err(err.into())
             }
         }
@@ -191,7 +208,7 @@ impl CallbackEdge {
         }
     }
 
-    fn dead_letter(
+    async fn dead_letter(
         &self,
         parts: &Parts,
         authenticated: &callback::AuthenticatedQuery<'_>,
@@ -217,8 +234,14 @@ impl CallbackEdge {
         if let Some(command) = &authenticated.callback_command {
             headers.push(("callback_command", command.as_bytes()));
         }
-        if let Err(sink_err) = self.sink.publish_dead_letter(&event_id, body, &headers) {
-            error!(%event_id, error = %sink_err, "dead letter could not be handed to Kafka; raw body lost");
+        let record =
+            Outgoing { topic: &self.topics.dead_letter, key: event_id.as_bytes(), payload: body, headers: &headers };
+        match self.sink.accept(record).await {
+            Ok(()) => self.metrics.dead_letters.inc(),
+            Err(sink_err) => {
+                self.metrics.events_lost.inc();
+                error!(%event_id, error = %sink_err, "dead letter could not be handed to Kafka; raw body lost");
+            }
         }
     }
 }

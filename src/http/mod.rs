@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 pub use admin::AdminEdge;
-pub use callback::{CallbackEdge, EdgeError};
+pub use callback::{CallbackEdge, EdgeError, Topics};
 
 /// How long a client may take to send the request line and headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

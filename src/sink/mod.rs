@@ -4,4 +4,4 @@ mod embedded;
 mod kafka;
 
 pub use embedded::{EmbeddedKafka, ReadBackLogger};
-pub use kafka::{KafkaSink, SinkError, SinkHealth};
+pub use kafka::{Durability, FlushReport, KafkaSink, Outgoing, SinkError, SinkHealth, SinkSettings};
