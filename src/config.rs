@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::callback::{RouteError, RouteTable, RoutingPolicy, UnroutedPolicy};
+use crate::http::{ConnectionLimits, SourcePolicy, SourcePolicyError};
+
 pub use crate::sink::Durability;
 pub use crate::spool::SpoolConfig;
 
@@ -23,13 +26,65 @@ pub struct Args {
     #[arg(long, env = "IMCF_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
-    /// SDKAppID of an app this service accepts; repeat the flag (or comma-separate in the env var) for several.
-    #[arg(long = "sdk-app-id", env = "IMCF_SDK_APP_ID", value_delimiter = ',', required = true)]
+    /// SDKAppID of an app this service accepts, signed with --callback-token if set; repeatable (comma-separated in the env var).
+    #[arg(long = "sdk-app-id", env = "IMCF_SDK_APP_ID", value_delimiter = ',', value_name = "ID")]
     pub sdk_app_ids: Vec<u64>,
+
+    /// An app with its own token, ID[:TOKEN]; repeat an ID with a second token while rotating it (comma-separated in the env var).
+    #[arg(long = "app", env = "IMCF_APP", value_delimiter = ',', hide_env_values = true, value_name = "ID[:TOKEN]")]
+    pub apps: Vec<String>,
+
+    /// File of apps, one ID[:TOKEN] per line ('#' starts a comment), e.g. a mounted Kubernetes Secret.
+    #[arg(long, env = "IMCF_APPS_FILE", value_name = "PATH")]
+    pub apps_file: Option<std::path::PathBuf>,
 
     /// Callback authentication token from Tencent's console; when set, `Sign` and `RequestTime` are required.
     #[arg(long, env = "IMCF_CALLBACK_TOKEN", hide_env_values = true)]
     pub callback_token: Option<String>,
+
+    /// File holding the callback token (a second line adds a second valid token, for rotation).
+    #[arg(long, env = "IMCF_CALLBACK_TOKEN_FILE", value_name = "PATH", conflicts_with = "callback_token")]
+    pub callback_token_file: Option<std::path::PathBuf>,
+
+    /// Accept callbacks only from these source networks (CIDR or address; repeatable; all when unset).
+    #[arg(long = "allow-cidr", env = "IMCF_ALLOW_CIDR", value_delimiter = ',', value_name = "CIDR")]
+    pub allow_cidrs: Vec<String>,
+
+    /// Proxies (e.g. the ingress) whose X-Forwarded-For header names the real client (CIDR; repeatable).
+    #[arg(long = "trusted-proxy", env = "IMCF_TRUSTED_PROXY", value_delimiter = ',', value_name = "CIDR")]
+    pub trusted_proxies: Vec<String>,
+
+    /// Publish another callback command to a topic, COMMAND=TOPIC; COMMAND may use '*' (e.g. Group.*=im.group); repeatable.
+    #[arg(long = "route", env = "IMCF_ROUTE", value_delimiter = ',', value_name = "COMMAND=TOPIC")]
+    pub routes: Vec<String>,
+
+    /// Answer to callbacks of commands without a route: `ack` (OK, not published) or `reject` (404).
+    #[arg(long, env = "IMCF_UNROUTED", default_value = "ack", value_name = "ack|reject")]
+    pub unrouted: UnroutedPolicy,
+
+    /// Refuse before-callbacks (commands with Before or Prev) instead of allowing the user's action.
+    #[arg(long, env = "IMCF_REFUSE_BEFORE_CALLBACKS")]
+    pub refuse_before_callbacks: bool,
+
+    /// Seconds a client may take to send the request headers.
+    #[arg(long, env = "IMCF_HEADER_READ_TIMEOUT", default_value_t = 10, value_name = "SECS")]
+    pub header_read_timeout: u64,
+
+    /// Seconds a client may take to send the request body.
+    #[arg(long, env = "IMCF_BODY_READ_TIMEOUT", default_value_t = 10, value_name = "SECS")]
+    pub body_read_timeout: u64,
+
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, env = "IMCF_KEEP_ALIVE_TIMEOUT", default_value_t = 75, value_name = "SECS")]
+    pub keep_alive_timeout: u64,
+
+    /// Most callback connections served at once; further clients wait.
+    #[arg(long, env = "IMCF_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Also accept HTTP/2 (cleartext, prior knowledge) on the callback listener.
+    #[arg(long, env = "IMCF_HTTP2")]
+    pub http2: bool,
 
     /// Largest allowed clock difference between `RequestTime` and now, in seconds.
     #[arg(long, env = "IMCF_MAX_CLOCK_SKEW", default_value_t = 60, value_name = "SECS")]
@@ -131,6 +186,16 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// Path of the callback endpoint.
     pub callback_path: String,
+    /// Who may post callbacks.
+    pub source: SourcePolicy,
+    /// Routes of commands other than the exception callback.
+    pub routes: RouteTable,
+    /// How unrouted commands and before-callbacks are answered.
+    pub routing: RoutingPolicy,
+    /// Limits of callback connections.
+    pub limits: ConnectionLimits,
+    /// Time allowed to receive a body.
+    pub body_read_timeout: Duration,
     /// The Kafka cluster.
     pub kafka: KafkaTarget,
     /// Topic for exception events.
@@ -160,9 +225,39 @@ pub enum ConfigError {
     /// `--callback-path` must be an absolute path.
     #[error("--callback-path must start with '/', got {0:?}")]
     CallbackPath(String),
-    /// `--callback-token` is longer than Tencent allows or empty.
-    #[error("--callback-token must be 1 to 128 characters")]
-    CallbackToken,
+    /// A token is longer than Tencent allows or empty.
+    #[error("{0}: a callback token must be 1 to 128 characters")]
+    CallbackToken(&'static str),
+    /// No app to accept.
+    #[error("no app configured: give --sdk-app-id, --app or --apps-file")]
+    NoApp,
+    /// An `--app` or apps-file entry that is not ID[:TOKEN].
+    #[error("{flag}: {entry:?} is not ID[:TOKEN] with a numeric SDKAppID")]
+    AppEntry {
+        /// Where the entry came from.
+        flag: &'static str,
+        /// The entry, with its token hidden.
+        entry: String,
+    },
+    /// A token or apps file cannot be read.
+    #[error("{flag} {path}: {source}")]
+    File {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A source network does not parse.
+    #[error(transparent)]
+    Source(#[from] SourcePolicyError),
+    /// A route does not parse or conflicts.
+    #[error("--route: {0}")]
+    Route(#[from] RouteError),
+    /// A timeout of zero.
+    #[error("{0} must be at least 1 second")]
+    ZeroTimeout(&'static str),
     /// Topics must differ and be valid Kafka names.
     #[error("{flag}: invalid topic name {name:?} (1-249 characters of [a-zA-Z0-9._-])")]
     Topic {
@@ -182,6 +277,28 @@ pub enum ConfigError {
     ShutdownTimeout,
 }
 
+fn checked_token(flag: &'static str, token: String) -> Result<String, ConfigError> {
+    let token = token.trim().to_owned();
+    if token.is_empty() || token.chars().count() > 128 {
+        return Err(ConfigError::CallbackToken(flag));
+    }
+    Ok(token)
+}
+
+/// Non-empty, non-comment lines of a small configuration file.
+fn read_lines(flag: &'static str, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        flag,
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect())
+}
+
 fn valid_topic(name: &str) -> bool {
     (1..=249).contains(&name.len())
         && name != "."
@@ -196,11 +313,62 @@ impl TryFrom<Args> for Config {
         if !args.callback_path.starts_with('/') {
             return Err(ConfigError::CallbackPath(args.callback_path));
         }
-        if let Some(token) = &args.callback_token {
-            if token.is_empty() || token.chars().count() > 128 {
-                return Err(ConfigError::CallbackToken);
+        let global_tokens = match (&args.callback_token, &args.callback_token_file) {
+            (Some(token), _) => vec![checked_token("--callback-token", token.clone())?],
+            (None, Some(path)) => read_lines("--callback-token-file", path)?
+                .into_iter()
+                .map(|token| checked_token("--callback-token-file", token))
+                .collect::<Result<_, _>>()?,
+            (None, None) => Vec::new(),
+        };
+        let mut apps: Vec<(u64, Vec<String>)> = Vec::new();
+        let mut add = |id: u64, token: Option<String>| {
+            let index = apps.iter().position(|(known, _)| *known == id).unwrap_or_else(|| {
+                apps.push((id, Vec::new()));
+                apps.len() - 1
+            });
+            if let Some(token) = token {
+                if !apps[index].1.contains(&token) {
+                    apps[index].1.push(token);
+                }
+            }
+        };
+        for id in &args.sdk_app_ids {
+            add(*id, None);
+        }
+        let file_entries = match &args.apps_file {
+            Some(path) => read_lines("--apps-file", path)?,
+            None => Vec::new(),
+        };
+        let entries = args.apps.iter().map(|e| ("--app", e.clone())).chain(file_entries.into_iter().map(|e| ("--apps-file", e)));
+        for (flag, entry) in entries {
+            let (id, token) = match entry.split_once(':') {
+                Some((id, token)) => (id, Some(checked_token(flag, token.to_owned())?)),
+                None => (entry.as_str(), None),
+            };
+            let id = id.trim().parse::<u64>().map_err(|_| ConfigError::AppEntry { flag, entry: id.to_owned() })?;
+            add(id, token);
+        }
+        if apps.is_empty() {
+            return Err(ConfigError::NoApp);
+        }
+        // Apps without a token of their own are signed with the global one(s).
+        for (_, tokens) in &mut apps {
+            if tokens.is_empty() {
+                tokens.clone_from(&global_tokens);
             }
         }
+        for (flag, secs) in [
+            ("--header-read-timeout", args.header_read_timeout),
+            ("--body-read-timeout", args.body_read_timeout),
+            ("--keep-alive-timeout", args.keep_alive_timeout),
+        ] {
+            if secs == 0 {
+                return Err(ConfigError::ZeroTimeout(flag));
+            }
+        }
+        let source = SourcePolicy::new(&args.allow_cidrs, &args.trusted_proxies)?;
+        let routes = RouteTable::parse(args.routes.iter().map(String::as_str))?;
         let dead_letter_topic = args.dead_letter_topic.unwrap_or_else(|| format!("{}.dead-letter", args.topic));
         for (flag, name) in [("--topic", &args.topic), ("--dead-letter-topic", &dead_letter_topic)] {
             if !valid_topic(name) {
@@ -216,13 +384,6 @@ impl TryFrom<Args> for Config {
         if args.durability == DurabilityArg::Disk && args.spool_dir.is_none() {
             return Err(ConfigError::DiskWithoutSpool);
         }
-        let tokens: Vec<String> = args.callback_token.into_iter().collect();
-        let mut apps: Vec<(u64, Vec<String>)> = Vec::new();
-        for id in args.sdk_app_ids {
-            if !apps.iter().any(|(known, _)| *known == id) {
-                apps.push((id, tokens.clone()));
-            }
-        }
         let kafka = match (args.dev, args.kafka_brokers) {
             (false, Some(brokers)) => KafkaTarget::Brokers(brokers),
             _ => KafkaTarget::Embedded,
@@ -233,6 +394,16 @@ impl TryFrom<Args> for Config {
             apps,
             max_clock_skew: Duration::from_secs(args.max_clock_skew),
             callback_path: args.callback_path,
+            source,
+            routes,
+            routing: RoutingPolicy { unrouted: args.unrouted, refuse_before_callbacks: args.refuse_before_callbacks },
+            limits: ConnectionLimits {
+                header_read_timeout: Duration::from_secs(args.header_read_timeout),
+                keep_alive_timeout: Duration::from_secs(args.keep_alive_timeout),
+                max_connections: args.max_connections as usize,
+                http2: args.http2,
+            },
+            body_read_timeout: Duration::from_secs(args.body_read_timeout),
             kafka,
             topic: args.topic,
             dead_letter_topic,
@@ -305,8 +476,36 @@ mod tests {
     }
 
     #[test]
+    fn per_app_tokens_files_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "old\nnew\n").unwrap();
+        let apps_file = dir.path().join("apps");
+        std::fs::write(&apps_file, "# app, token\n3:three\n4\n").unwrap();
+        let config = parse(&[
+            "--dev", "--sdk-app-id", "1", "--app", "2:two-a", "--app", "2:two-b",
+            "--apps-file", apps_file.to_str().unwrap(), "--callback-token-file", token_file.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.apps,
+            vec![
+                (1, vec!["old".to_owned(), "new".to_owned()]),
+                (2, vec!["two-a".to_owned(), "two-b".to_owned()]),
+                (3, vec!["three".to_owned()]),
+                (4, vec!["old".to_owned(), "new".to_owned()]),
+            ]
+        );
+        let err = parse(&["--dev", "--app", "x:secret"]).unwrap_err();
+        assert!(err.contains("--app") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_flag() {
         assert!(parse(&["--kafka-brokers", "k"]).unwrap_err().contains("--sdk-app-id"));
+        assert!(parse(&["--sdk-app-id", "1", "--dev", "--route", "Group.*"]).unwrap_err().contains("--route"));
+        assert!(parse(&["--sdk-app-id", "1", "--dev", "--allow-cidr", "x"]).unwrap_err().contains("--allow-cidr"));
+        assert!(parse(&["--sdk-app-id", "1", "--dev", "--app", "1:"]).unwrap_err().contains("--app"));
         assert!(parse(&["--sdk-app-id", "1"]).unwrap_err().contains("--kafka-brokers"));
         assert!(parse(&["--sdk-app-id", "x", "--dev"]).unwrap_err().contains("--sdk-app-id"));
         assert!(parse(&["--sdk-app-id", "1", "--dev", "-X", "novalue"]).unwrap_err().contains("--kafka-property"));

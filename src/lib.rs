@@ -22,7 +22,7 @@ use crate::callback::AppRegistry;
 use crate::config::{Config, KafkaTarget};
 use crate::http::{AdminEdge, CallbackEdge};
 use crate::metrics::Metrics;
-use crate::http::Topics;
+use crate::http::{ConnectionLimits, EdgeSettings, Topics};
 use crate::sink::{EmbeddedKafka, KafkaSink, ReadBackLogger, SinkError, SinkSettings};
 use crate::spool::{Spool, SpoolError};
 
@@ -82,7 +82,11 @@ impl App {
             SinkSettings {
                 bootstrap_servers: &bootstrap_servers,
                 overrides: &config.kafka_properties,
-                topics: vec![config.topic.clone(), config.dead_letter_topic.clone()],
+                topics: [config.topic.as_str(), config.dead_letter_topic.as_str()]
+                    .into_iter()
+                    .chain(config.routes.topics())
+                    .map(str::to_owned)
+                    .collect(),
                 durability: config.durability,
                 spool,
             },
@@ -110,15 +114,17 @@ impl App {
         shutdown: impl Future<Output = ()>,
     ) -> ShutdownReport {
         let App { config, metrics, sink, read_back, embedded } = self;
-        let apps = AppRegistry::new(config.apps.clone(), config.max_clock_skew);
-        let edge = Arc::new(CallbackEdge::new(
-            apps,
-            config.callback_path.clone(),
-            config.max_body_bytes,
-            Topics { events: config.topic.clone(), dead_letter: config.dead_letter_topic.clone() },
-            sink.clone(),
-            metrics.clone(),
-        ));
+        let settings = EdgeSettings {
+            apps: AppRegistry::new(config.apps.clone(), config.max_clock_skew),
+            callback_path: config.callback_path.clone(),
+            source: config.source.clone(),
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
+            topics: Topics { events: config.topic.clone(), dead_letter: config.dead_letter_topic.clone() },
+            routes: config.routes.clone(),
+            routing: config.routing,
+        };
+        let edge = Arc::new(CallbackEdge::new(settings, sink.clone(), metrics.clone()));
         let admin_edge = Arc::new(AdminEdge::new(metrics, sink.clone()));
 
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -126,7 +132,8 @@ impl App {
         let admin_task = tokio::spawn(http::serve(
             "admin",
             admin,
-            move |request| admin_handler.clone().handle(request),
+            move |request, _peer| admin_handler.clone().handle(request),
+            ConnectionLimits { max_connections: 64, ..ConnectionLimits::default() },
             async move {
                 let _ = admin_stopped.await;
             },
@@ -138,7 +145,8 @@ impl App {
         http::serve(
             "callback",
             callback,
-            move |request| callback_handler.clone().handle(request),
+            move |request, peer| callback_handler.clone().handle(request, peer),
+            config.limits.clone(),
             async {
                 shutdown.await;
                 let _ = deadline.set(Instant::now() + config.shutdown_timeout);

@@ -8,16 +8,23 @@ use prometheus::{
 };
 use rdkafka::Statistics;
 
-use crate::callback::{ErrorCategory, ERROR_CODE_LABELS};
+use crate::callback::{ErrorCategory, COMMAND_LABELS, ERROR_CODE_LABELS};
 
 /// Every value of the `outcome` label of `imcf_callbacks_total`; all are exported from the start at 0.
 pub const OUTCOMES: &[&str] = &[
     "accepted",
+    "routed",
     "ignored",
+    "replayed",
+    "before_refused",
+    "unrouted",
     "not_found",
     "method_not_allowed",
+    "source_not_allowed",
     "body_too_large",
     "body_read_failed",
+    "body_timeout",
+    "unsupported_content_type",
     "repeated_parameter",
     "missing_sdk_app_id",
     "unknown_sdk_app_id",
@@ -50,6 +57,8 @@ pub struct Metrics {
     ignored: IntCounter,
     exceptions: Vec<IntCounter>,
     exceptions_by_code: IntCounterVec,
+    routed: IntCounterVec,
+    unrouted: IntCounterVec,
     /// Records handed to the dead-letter topic.
     pub dead_letters: IntCounter,
     /// Delivery reports that confirmed a record.
@@ -143,6 +152,22 @@ impl Metrics {
         for code in ERROR_CODE_LABELS {
             exceptions_by_code.with_label_values(&[code]);
         }
+        let routed = counter_vec(
+            &registry,
+            "imcf_routed_callbacks_total",
+            "Callbacks of other commands published through a --route, by command (known names, else \"other\").",
+            "command",
+        );
+        let unrouted = counter_vec(
+            &registry,
+            "imcf_unrouted_callbacks_total",
+            "Authentic callbacks of commands without a route, by command (known names, else \"other\").",
+            "command",
+        );
+        for command in COMMAND_LABELS {
+            routed.with_label_values(&[command]);
+            unrouted.with_label_values(&[command]);
+        }
         let build_info = IntGaugeVec::new(Opts::new("imcf_build_info", "Build information; always 1."), &["version"])
             .expect("valid metric");
         registry.register(Box::new(build_info.clone())).expect("unique metric");
@@ -163,6 +188,8 @@ impl Metrics {
             callbacks,
             exceptions,
             exceptions_by_code,
+            routed,
+            unrouted,
             dead_letters: counter(&registry, "imcf_dead_letters_total", "Records handed to the dead-letter topic."),
             kafka_delivered: counter(&registry, "imcf_kafka_delivered_total", "Records Kafka acknowledged."),
             kafka_delivery_failures: counter(
@@ -238,6 +265,16 @@ impl Metrics {
     /// Counts one record written to the spool for `reason` (one of [`SPOOL_REASONS`]).
     pub fn spooled(&self, reason: &'static str) {
         self.spooled.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one callback published through a route (`command` is a bounded label).
+    pub fn routed(&self, command: &'static str) {
+        self.routed.with_label_values(&[command]).inc();
+    }
+
+    /// Counts one authentic callback of a command without a route (`command` is a bounded label).
+    pub fn unrouted(&self, command: &'static str) {
+        self.unrouted.with_label_values(&[command]).inc();
     }
 
     /// Records spooled so far for `reason`.

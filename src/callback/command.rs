@@ -62,7 +62,11 @@ pub fn command_label(command: &str) -> &'static str {
         return OFFICIAL_ACCOUNT_LABEL;
     }
     // The two trailing entries are the catch-all labels, never matched literally.
-    COMMAND_LABELS[..COMMAND_LABELS.len() - 2].iter().find(|label| **label == command).copied().unwrap_or(OTHER_COMMAND_LABEL)
+    COMMAND_LABELS[..COMMAND_LABELS.len() - 2]
+        .iter()
+        .find(|label| **label == command)
+        .copied()
+        .unwrap_or(OTHER_COMMAND_LABEL)
 }
 
 /// Whether `command` is a before-callback (its name contains `Before` or `Prev`, shared doc §4/§8): the

@@ -9,8 +9,9 @@ use serde_json::value::RawValue;
 
 use super::body::{lenient_integer, BodyFields, Known};
 use super::error::BodyError;
-use super::event::{event_id, exception_event, millis_to_time, resolve_command, ExceptionEvent, Rfc3339Millis};
-use super::event::EXCEPTION_COMMAND;
+use super::event::{
+    event_id, exception_event, millis_to_time, resolve_command, ExceptionEvent, Rfc3339Millis, EXCEPTION_COMMAND,
+};
 use super::query::AuthenticatedQuery;
 
 /// Value of the envelope's `schema` field and of the record's `schema` header.
@@ -290,8 +291,16 @@ mod tests {
     #[test]
     fn event_time_beats_msg_time_and_bad_values_are_null() {
         for (fields, ms, formatted) in [
-            (r#""EventTime":"1670574414123","MsgTime":1"#, json!(1_670_574_414_123u64), json!("2022-12-09T08:26:54.123Z")),
-            (r#""EventTime":1.5,"MsgTime":"1670574414""#, json!(1_670_574_414_000u64), json!("2022-12-09T08:26:54.000Z")),
+            (
+                r#""EventTime":"1670574414123","MsgTime":1"#,
+                json!(1_670_574_414_123u64),
+                json!("2022-12-09T08:26:54.123Z"),
+            ),
+            (
+                r#""EventTime":1.5,"MsgTime":"1670574414""#,
+                json!(1_670_574_414_000u64),
+                json!("2022-12-09T08:26:54.000Z"),
+            ),
             (r#""EventTime":null,"MsgTime":null"#, json!(null), json!(null)),
             (r#""MsgTime":true"#, json!(null), json!(null)),
             (r#""MsgTime":9223372036854775"#, json!(9_223_372_036_854_775_000u64), json!(null)),
@@ -334,7 +343,9 @@ mod tests {
     #[test]
     fn body_errors_are_the_same_as_classify() {
         let q = query("SdkAppid=1400000000&CallbackCommand=State.StateChange");
-        for body in [&b"[]"[..], b"{", b"{\"a\":1,\"a\":2}", b"{\"CallbackCommand\":\"X.Y\"}", b"{\"CallbackCommand\":1}"] {
+        for body in
+            [&b"[]"[..], b"{", b"{\"a\":1,\"a\":2}", b"{\"CallbackCommand\":\"X.Y\"}", b"{\"CallbackCommand\":1}"]
+        {
             let expected = classify(&q, body, received()).unwrap_err();
             assert_eq!(normalize(&q, body, received()).unwrap_err(), expected, "{body:?}");
         }

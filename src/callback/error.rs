@@ -226,7 +226,10 @@ mod tests {
 
     #[test]
     fn route_refusals() {
-        let cases = [(RouteRefusal::BeforeCallback, 200, 1, "before_refused"), (RouteRefusal::Unrouted, 404, 40401, "unrouted")];
+        let cases = [
+            (RouteRefusal::BeforeCallback, 200, 1, "before_refused"),
+            (RouteRefusal::Unrouted, 404, 40401, "unrouted"),
+        ];
         for (refusal, status, code, label) in cases {
             assert_eq!((refusal.status(), refusal.error_code(), refusal.outcome_label()), (status, code, label));
             assert!(refusal.to_string().contains("CallbackCommand"), "{refusal}");

@@ -17,7 +17,9 @@ pub enum RouteError {
     #[error("route {0:?}: expected COMMAND=TOPIC")]
     MissingSeparator(Box<str>),
     /// COMMAND is empty or holds a character other than letters, digits, `.`, `_`, `-` and `*`.
-    #[error("route {0:?}: COMMAND must be a callback command name or a pattern of letters, digits, '.', '_', '-' and '*'")]
+    #[error(
+        "route {0:?}: COMMAND must be a callback command name or a pattern of letters, digits, '.', '_', '-' and '*'"
+    )]
     InvalidCommand(Box<str>),
     /// TOPIC is not a legal Kafka topic name.
     #[error("route {0:?}: TOPIC must be 1 to 249 letters, digits, '.', '_' or '-', and not '.' or '..'")]
@@ -340,9 +342,9 @@ pub fn route<'r>(routes: &'r RouteTable, command: &str, policy: RoutingPolicy) -
     match routes.lookup(command) {
         Some(route) => Disposition::Publish { topic: route.topic(), refusal },
         None if before => Disposition::Skip { refusal },
-        None => Disposition::Skip {
-            refusal: (policy.unrouted == UnroutedPolicy::Reject).then_some(RouteRefusal::Unrouted),
-        },
+        None => {
+            Disposition::Skip { refusal: (policy.unrouted == UnroutedPolicy::Reject).then_some(RouteRefusal::Unrouted) }
+        }
     }
 }
 
@@ -361,7 +363,10 @@ mod tests {
     #[test]
     fn parses_exact_and_pattern_routes() {
         let r: Route = "Group.CallbackAfterSendMsg=im.group.after-send".parse().unwrap();
-        assert_eq!((r.command(), r.topic(), r.is_pattern()), ("Group.CallbackAfterSendMsg", "im.group.after-send", false));
+        assert_eq!(
+            (r.command(), r.topic(), r.is_pattern()),
+            ("Group.CallbackAfterSendMsg", "im.group.after-send", false)
+        );
         assert_eq!(r.to_string(), "Group.CallbackAfterSendMsg=im.group.after-send");
         let r: Route = "Group.**=t".parse().unwrap();
         assert_eq!((r.command(), r.is_pattern()), ("Group.*", true));
@@ -408,7 +413,10 @@ mod tests {
         assert_eq!(t.routes().count(), 2);
         let err = RouteTable::parse(["Group.*=a", "State.StateChange=s", "Group.**=b"]).unwrap_err();
         assert_eq!(err, RouteError::Conflict { route: "Group.*=b".into(), earlier: "Group.*=a".into() });
-        assert_eq!(err.to_string(), "route \"Group.*=b\" conflicts with route \"Group.*=a\": a COMMAND goes to one topic");
+        assert_eq!(
+            err.to_string(),
+            "route \"Group.*=b\" conflicts with route \"Group.*=a\": a COMMAND goes to one topic"
+        );
         assert!(RouteTable::parse(["X.Y=a", "X.Y=b"]).is_err());
     }
 
@@ -431,7 +439,10 @@ mod tests {
         assert_eq!(topic_of(&t, "State.StateChange"), Some("all"));
         assert_eq!(topic_of(&t, ""), Some("all"));
         // Same (empty) prefix: more literal characters wins, whatever the order.
-        for specs in [["*.CallbackAfterSendMsg=more", "*.CallbackAfterSendMs*=fewer"], ["*.CallbackAfterSendMs*=fewer", "*.CallbackAfterSendMsg=more"]] {
+        for specs in [
+            ["*.CallbackAfterSendMsg=more", "*.CallbackAfterSendMs*=fewer"],
+            ["*.CallbackAfterSendMs*=fewer", "*.CallbackAfterSendMsg=more"],
+        ] {
             assert_eq!(topic_of(&table(&specs), "C2C.CallbackAfterSendMsg"), Some("more"));
         }
         // Equally specific patterns: the first given wins.
@@ -502,7 +513,10 @@ mod tests {
         assert!("Ack".parse::<UnroutedPolicy>().is_err());
         assert_eq!(UnroutedPolicy::default(), UnroutedPolicy::Ack);
         assert_eq!(UnroutedPolicy::Reject.to_string(), "reject");
-        assert_eq!(RoutingPolicy::default(), RoutingPolicy { unrouted: UnroutedPolicy::Ack, refuse_before_callbacks: false });
+        assert_eq!(
+            RoutingPolicy::default(),
+            RoutingPolicy { unrouted: UnroutedPolicy::Ack, refuse_before_callbacks: false }
+        );
     }
 
     const ACK: RoutingPolicy = RoutingPolicy { unrouted: UnroutedPolicy::Ack, refuse_before_callbacks: false };
@@ -580,7 +594,9 @@ mod tests {
     fn outcome_labels_are_all_listed() {
         let t = table(&["Group.*=group"]);
         let mut seen: Vec<&str> = Vec::new();
-        for command in [EXCEPTION_COMMAND, "Group.CallbackAfterSendMsg", "Group.CallbackBeforeSendMsg", "X.Y", "X.Before"] {
+        for command in
+            [EXCEPTION_COMMAND, "Group.CallbackAfterSendMsg", "Group.CallbackBeforeSendMsg", "X.Y", "X.Before"]
+        {
             for policy in [ACK, REJECT, REFUSE, STRICT] {
                 seen.push(route(&t, command, policy).outcome_label());
             }

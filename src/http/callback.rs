@@ -1,8 +1,9 @@
 //! The callback endpoint: where Tencent's bytes enter, are checked, and are handed to the Kafka sink.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -14,7 +15,12 @@ use hyper::{Request, Response};
 use tracing::{debug, error};
 
 use super::answer;
-use crate::callback::{self, AppRegistry, BodyError, Classified, RawQuery, RejectError, SCHEMA_V1};
+use super::replay::ReplayCache;
+use super::source::SourcePolicy;
+use crate::callback::{
+    self, AppRegistry, AuthenticatedQuery, BodyError, Disposition, Normalized, RawQuery, RejectError, RouteRefusal,
+    RouteTable, RoutingPolicy, SCHEMA_CALLBACK_V1, SCHEMA_V1,
+};
 use crate::metrics::Metrics;
 use crate::sink::{KafkaSink, Outgoing, SinkError};
 
@@ -27,18 +33,30 @@ pub enum EdgeError {
     /// Callbacks are POSTed.
     #[error("method {0} not allowed; callbacks are POSTed")]
     MethodNotAllowed(Method),
+    /// The client address is outside `--allow-cidr`.
+    #[error("source address not allowed")]
+    SourceNotAllowed,
     /// The body exceeds `--max-body-bytes`.
     #[error("body larger than {0} bytes")]
     BodyTooLarge(u64),
     /// The client stopped sending or broke the body framing.
     #[error("the request body could not be read")]
     BodyRead,
+    /// The body did not arrive within `--body-read-timeout`.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
+    /// The `contenttype` parameter declares something other than JSON; the bytes were dead-lettered.
+    #[error("{0} is not JSON; callbacks are application/json")]
+    UnsupportedContentType(&'static str),
     /// The query failed validation (app, Sign).
     #[error(transparent)]
     Rejected(#[from] RejectError),
     /// The body of an authentic callback is unusable; its bytes went to the dead-letter topic.
     #[error(transparent)]
     InvalidBody(#[from] BodyError),
+    /// The routing policy refuses the command.
+    #[error(transparent)]
+    Refused(#[from] RouteRefusal),
     /// The event could not be handed to Kafka, so it is not acknowledged.
     #[error(transparent)]
     Unavailable(#[from] SinkError),
@@ -53,10 +71,14 @@ impl EdgeError {
         match self {
             EdgeError::NotFound(_) => 404,
             EdgeError::MethodNotAllowed(_) => 405,
+            EdgeError::SourceNotAllowed => 403,
             EdgeError::BodyTooLarge(_) => 413,
             EdgeError::BodyRead => 400,
+            EdgeError::BodyTimeout(_) => 408,
+            EdgeError::UnsupportedContentType(_) => 415,
             EdgeError::Rejected(err) => err.status(),
             EdgeError::InvalidBody(err) => err.status(),
+            EdgeError::Refused(err) => err.status(),
             EdgeError::Unavailable(err) => err.status(),
             EdgeError::ShuttingDown => 503,
         }
@@ -67,10 +89,14 @@ impl EdgeError {
         match self {
             EdgeError::NotFound(_) => 40400,
             EdgeError::MethodNotAllowed(_) => 40500,
+            EdgeError::SourceNotAllowed => 40303,
             EdgeError::BodyTooLarge(_) => 41300,
             EdgeError::BodyRead => 40001,
+            EdgeError::BodyTimeout(_) => 40800,
+            EdgeError::UnsupportedContentType(_) => 41500,
             EdgeError::Rejected(err) => err.error_code(),
             EdgeError::InvalidBody(err) => err.error_code(),
+            EdgeError::Refused(err) => err.error_code(),
             EdgeError::Unavailable(err) => err.error_code(),
             EdgeError::ShuttingDown => 50300,
         }
@@ -81,10 +107,14 @@ impl EdgeError {
         match self {
             EdgeError::NotFound(_) => "not_found",
             EdgeError::MethodNotAllowed(_) => "method_not_allowed",
+            EdgeError::SourceNotAllowed => "source_not_allowed",
             EdgeError::BodyTooLarge(_) => "body_too_large",
             EdgeError::BodyRead => "body_read_failed",
+            EdgeError::BodyTimeout(_) => "body_timeout",
+            EdgeError::UnsupportedContentType(_) => "unsupported_content_type",
             EdgeError::Rejected(err) => err.outcome_label(),
             EdgeError::InvalidBody(err) => err.outcome_label(),
+            EdgeError::Refused(err) => err.outcome_label(),
             EdgeError::Unavailable(err) => err.outcome_label(),
             EdgeError::ShuttingDown => "unavailable",
         }
@@ -100,28 +130,47 @@ pub struct Topics {
     pub dead_letter: String,
 }
 
+/// Everything the callback endpoint checks requests against.
+pub struct EdgeSettings {
+    /// Accepted apps and their tokens.
+    pub apps: AppRegistry,
+    /// Path of the endpoint.
+    pub callback_path: String,
+    /// Who may call.
+    pub source: SourcePolicy,
+    /// Body size limit.
+    pub max_body_bytes: u64,
+    /// Time allowed to receive a body.
+    pub body_read_timeout: Duration,
+    /// Exception and dead-letter topics.
+    pub topics: Topics,
+    /// Routes of other commands.
+    pub routes: RouteTable,
+    /// Answers to unrouted commands and before-callbacks.
+    pub routing: RoutingPolicy,
+}
+
 /// State of the callback endpoint, shared by every connection.
 pub struct CallbackEdge {
-    apps: AppRegistry,
-    topics: Topics,
-    callback_path: String,
-    max_body_bytes: u64,
+    settings: EdgeSettings,
+    replays: ReplayCache,
     sink: Arc<KafkaSink>,
     metrics: Arc<Metrics>,
     closed: AtomicBool,
 }
 
+/// How an accepted request is answered.
+enum Accepted {
+    Ok(&'static str),
+    Refused(RouteRefusal),
+}
+
 impl CallbackEdge {
-    /// An endpoint at `callback_path` accepting `apps`.
-    pub fn new(
-        apps: AppRegistry,
-        callback_path: String,
-        max_body_bytes: u64,
-        topics: Topics,
-        sink: Arc<KafkaSink>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        CallbackEdge { apps, topics, callback_path, max_body_bytes, sink, metrics, closed: AtomicBool::new(false) }
+    /// An endpoint publishing through `sink`.
+    pub fn new(settings: EdgeSettings, sink: Arc<KafkaSink>, metrics: Arc<Metrics>) -> Self {
+        // A replayed request carries the same RequestTime, which is accepted for twice the skew at most.
+        let retention = settings.apps.max_clock_skew().max(Duration::from_secs(1)) * 2;
+        CallbackEdge { settings, replays: ReplayCache::new(retention, 1 << 20), sink, metrics, closed: AtomicBool::new(false) }
     }
 
     /// Stops handing events to Kafka: requests that still arrive get 503 and are not acknowledged.
@@ -130,10 +179,13 @@ impl CallbackEdge {
     }
 
     /// Answers one request and counts its outcome.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let arrived = Instant::now();
-        let (outcome, response) = match self.process(request).await {
-            Ok(outcome) => (outcome, answer::ok()),
+        let (outcome, response) = match self.process(request, peer).await {
+            Ok(Accepted::Ok(outcome)) => (outcome, answer::ok()),
+            Ok(Accepted::Refused(refusal)) => {
+                (refusal.outcome_label(), answer::fail(refusal.status(), refusal.error_code(), &refusal.to_string()))
+            }
             Err(err) => {
                 debug!(outcome = err.outcome_label(), reason = %err, "callback refused");
                 (err.outcome_label(), answer::fail(err.status(), err.error_code(), &err.to_string()))
@@ -144,77 +196,137 @@ impl CallbackEdge {
         response
     }
 
-    async fn process(&self, request: Request<Incoming>) -> Result<&'static str, EdgeError> {
+    async fn process(&self, request: Request<Incoming>, peer: SocketAddr) -> Result<Accepted, EdgeError> {
+        let settings = &self.settings;
         let (parts, body) = request.into_parts();
-        if parts.uri.path() != self.callback_path {
-            return Err(EdgeError::NotFound(self.callback_path.clone()));
+        if parts.uri.path() != settings.callback_path {
+            return Err(EdgeError::NotFound(settings.callback_path.clone()));
         }
         if parts.method != Method::POST {
             return Err(EdgeError::MethodNotAllowed(parts.method));
         }
+        if !settings.source.is_open() && !settings.source.allows(settings.source.client_ip(peer.ip(), &parts.headers)) {
+            return Err(EdgeError::SourceNotAllowed);
+        }
         let query = parts.uri.query().unwrap_or("");
         let received_at = SystemTime::now();
         let now_unix = received_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        let authenticated = self.apps.authenticate(RawQuery::parse(query)?, now_unix)?;
+        let raw_query = RawQuery::parse(query)?;
+        let signature = self.replays.fingerprint((raw_query.sign(), raw_query.request_time()));
+        let authenticated = settings.apps.authenticate(raw_query, now_unix)?;
         let body = self.read_body(&parts, body).await?;
-        match callback::classify(&authenticated, &body, received_at) {
-            Ok(Classified::Exception(event)) => {
-                if self.closed.load(Ordering::SeqCst) {
-                    return Err(EdgeError::ShuttingDown);
-                }
-                let json = event.to_json();
-                let sdk_app_id = authenticated.sdk_app_id.to_string();
-                let headers: [(&str, &[u8]); 5] = [
-                    ("event_id", event.event_id().as_bytes()),
-                    ("sdk_app_id", sdk_app_id.as_bytes()),
-                    ("callback_command", callback::EXCEPTION_COMMAND.as_bytes()),
-                    ("schema", SCHEMA_V1.as_bytes()),
-                    ("content-type", b"application/json"),
-                ];
-                let record = Outgoing {
-                    topic: &self.topics.events,
-                    key: event.group_id().as_bytes(),
-                    payload: &json,
-                    headers: &headers,
-                };
-                self.sink.accept(record).await?;
-                self.metrics.exception(event.category(), callback::error_code_label(event.error_code()));
-                Ok("accepted")
-            }
-            Ok(Classified::Other { command }) => {
-                debug!(%command, "callback command not published");
-                Ok("ignored")
-            }
+        if let Some(declared) = self.non_json_declaration(&authenticated) {
+            let err = EdgeError::UnsupportedContentType(declared);
+            self.dead_letter(&parts, &authenticated, &body, received_at, &err).await;
+            return Err(err);
+        }
+        let normalized = match callback::normalize(&authenticated, &body, received_at) {
+            Ok(normalized) => normalized,
             Err(err) => {
+                let err = EdgeError::InvalidBody(err);
                 self.dead_letter(&parts, &authenticated, &body, received_at, &err).await;
-                Err(err.into())
+                return Err(err);
+            }
+        };
+        let disposition = callback::route(&settings.routes, normalized.command(), settings.routing);
+        let answer = match disposition.refusal() {
+            Some(refusal) => Accepted::Refused(refusal),
+            None => Accepted::Ok(disposition.outcome_label()),
+        };
+        let topic = match (&disposition, &normalized) {
+            (Disposition::Exception, _) => &settings.topics.events,
+            (Disposition::Publish { topic, .. }, _) => *topic,
+            (Disposition::Skip { .. }, _) => {
+                self.metrics.unrouted(callback::command_label(normalized.command()));
+                return Ok(answer);
+            }
+        };
+        // The same callback posted again within the Sign window is answered as before but not published twice.
+        let fingerprint = self.replays.fingerprint((normalized.event_id(), signature));
+        if !self.replays.first_time(fingerprint) {
+            return Ok(match answer {
+                Accepted::Ok(_) => Accepted::Ok("replayed"),
+                refused => refused,
+            });
+        }
+        match self.publish(topic, &authenticated, &normalized).await {
+            Ok(()) => Ok(answer),
+            Err(err) => {
+                self.replays.forget(fingerprint);
+                Err(err)
             }
         }
     }
 
+    async fn publish(
+        &self,
+        topic: &str,
+        authenticated: &AuthenticatedQuery<'_>,
+        normalized: &Normalized<'_>,
+    ) -> Result<(), EdgeError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(EdgeError::ShuttingDown);
+        }
+        let sdk_app_id = authenticated.sdk_app_id.to_string();
+        let (json, key, schema) = match normalized {
+            Normalized::Exception(event) => (event.to_json(), event.group_id(), SCHEMA_V1),
+            Normalized::Callback(envelope) => (envelope.to_json(), envelope.record_key(), SCHEMA_CALLBACK_V1),
+        };
+        let headers: [(&str, &[u8]); 5] = [
+            ("event_id", normalized.event_id().as_bytes()),
+            ("sdk_app_id", sdk_app_id.as_bytes()),
+            ("callback_command", normalized.command().as_bytes()),
+            ("schema", schema.as_bytes()),
+            ("content-type", b"application/json"),
+        ];
+        self.sink.accept(Outgoing { topic, key: key.as_bytes(), payload: &json, headers: &headers }).await?;
+        match normalized {
+            Normalized::Exception(event) => {
+                self.metrics.exception(event.category(), callback::error_code_label(event.error_code()))
+            }
+            Normalized::Callback(envelope) => {
+                self.metrics.routed(callback::command_label(envelope.callback_command()))
+            }
+        }
+        Ok(())
+    }
+
+    /// The declared type, when the `contenttype` parameter says the body is not JSON. The `Content-Type` header
+    /// is not checked: Tencent documents only the parameter, and refusing on an undocumented header could turn
+    /// every authentic callback away; a body that is not JSON is refused by the parser anyway.
+    fn non_json_declaration(&self, authenticated: &AuthenticatedQuery<'_>) -> Option<&'static str> {
+        match authenticated.content_type.as_deref() {
+            Some(declared) if !declared.eq_ignore_ascii_case("json") => Some("query parameter contenttype"),
+            _ => None,
+        }
+    }
+
     async fn read_body(&self, parts: &Parts, body: Incoming) -> Result<Bytes, EdgeError> {
+        let limit = self.settings.max_body_bytes;
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.max_body_bytes) {
-            return Err(EdgeError::BodyTooLarge(self.max_body_bytes));
+        if declared.is_some_and(|length| length > limit) {
+            return Err(EdgeError::BodyTooLarge(limit));
         }
-        match Limited::new(body, self.max_body_bytes as usize).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(err) if err.is::<LengthLimitError>() => Err(EdgeError::BodyTooLarge(self.max_body_bytes)),
-            Err(_) => Err(EdgeError::BodyRead),
+        let timeout = self.settings.body_read_timeout;
+        match tokio::time::timeout(timeout, Limited::new(body, limit as usize).collect()).await {
+            Err(_) => Err(EdgeError::BodyTimeout(timeout.as_secs())),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err)) if err.is::<LengthLimitError>() => Err(EdgeError::BodyTooLarge(limit)),
+            Ok(Err(_)) => Err(EdgeError::BodyRead),
         }
     }
 
     async fn dead_letter(
         &self,
         parts: &Parts,
-        authenticated: &callback::AuthenticatedQuery<'_>,
+        authenticated: &AuthenticatedQuery<'_>,
         body: &[u8],
         received_at: SystemTime,
-        err: &BodyError,
+        err: &EdgeError,
     ) {
         let event_id = callback::event_id(authenticated.sdk_app_id, body);
         let sdk_app_id = authenticated.sdk_app_id.to_string();
@@ -227,15 +339,19 @@ impl CallbackEdge {
             ("sdk_app_id", sdk_app_id.as_bytes()),
             ("reason", reason.as_bytes()),
             ("reason_code", err.outcome_label().as_bytes()),
-            ("query", parts.uri.query().unwrap_or("").as_bytes()),
+            ("query", authenticated.raw.as_bytes()),
             ("received_at", received_at.as_bytes()),
             ("content-type", content_type),
         ];
         if let Some(command) = &authenticated.callback_command {
             headers.push(("callback_command", command.as_bytes()));
         }
-        let record =
-            Outgoing { topic: &self.topics.dead_letter, key: event_id.as_bytes(), payload: body, headers: &headers };
+        let record = Outgoing {
+            topic: &self.settings.topics.dead_letter,
+            key: event_id.as_bytes(),
+            payload: body,
+            headers: &headers,
+        };
         match self.sink.accept(record).await {
             Ok(()) => self.metrics.dead_letters.inc(),
             Err(sink_err) => {

@@ -194,7 +194,11 @@ impl SinkHealth {
         if let Some(problem) = self.problem.lock().expect("health lock").clone() {
             return Err(problem);
         }
-        let age = unix_now() - self.last_success_unix.load(Ordering::Relaxed);
+        let last_success = self.last_success_unix.load(Ordering::Relaxed);
+        if last_success == 0 {
+            return Err("no Kafka metadata request has succeeded yet".into());
+        }
+        let age = unix_now() - last_success;
         if age > METADATA_MAX_AGE_SECS {
             return Err(format!("no Kafka metadata for {age} s"));
         }

@@ -1,0 +1,88 @@
+//! Replay protection: remembers recently accepted callbacks so that the same one posted again is not
+//! published twice.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash};
+use std::collections::hash_map::RandomState;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A two-generation set of 64-bit fingerprints: an entry lives at least `retention` and at most twice that.
+pub struct ReplayCache {
+    hasher: RandomState,
+    retention: Duration,
+    max_entries: usize,
+    generations: Mutex<Generations>,
+}
+
+struct Generations {
+    started: Instant,
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+}
+
+impl ReplayCache {
+    /// Remembers entries for at least `retention`, at most `max_entries` per generation (a full generation is
+    /// retired early, which only shortens protection under an extreme burst).
+    pub fn new(retention: Duration, max_entries: usize) -> Self {
+        ReplayCache {
+            // Keyed per process, so that nobody can craft colliding fingerprints.
+            hasher: RandomState::new(),
+            retention,
+            max_entries,
+            generations: Mutex::new(Generations {
+                started: Instant::now(),
+                current: HashSet::new(),
+                previous: HashSet::new(),
+            }),
+        }
+    }
+
+    /// The fingerprint of one callback.
+    pub fn fingerprint(&self, parts: impl Hash) -> u64 {
+        self.hasher.hash_one(parts)
+    }
+
+    /// Records `fingerprint`; false when it was already there (a replay).
+    pub fn first_time(&self, fingerprint: u64) -> bool {
+        let mut generations = self.generations.lock().expect("replay cache lock");
+        if generations.started.elapsed() >= self.retention || generations.current.len() >= self.max_entries {
+            let retired = std::mem::take(&mut generations.current);
+            generations.previous = retired;
+            generations.started = Instant::now();
+        }
+        if generations.previous.contains(&fingerprint) {
+            return false;
+        }
+        generations.current.insert(fingerprint)
+    }
+
+    /// Forgets `fingerprint` (its callback was refused after all, so a retry must not count as a replay).
+    pub fn forget(&self, fingerprint: u64) {
+        let mut generations = self.generations.lock().expect("replay cache lock");
+        generations.current.remove(&fingerprint);
+        generations.previous.remove(&fingerprint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_callback_is_seen_once_until_it_expires() {
+        let cache = ReplayCache::new(Duration::from_millis(50), 1000);
+        let a = cache.fingerprint(("event", "1669872112", "sign"));
+        let b = cache.fingerprint(("event", "1669872113", "sign"));
+        assert!(cache.first_time(a));
+        assert!(!cache.first_time(a));
+        assert!(cache.first_time(b));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!cache.first_time(a), "still remembered in the previous generation");
+        std::thread::sleep(Duration::from_millis(60));
+        cache.first_time(b);
+        assert!(cache.first_time(a), "forgotten after two generations");
+        cache.forget(a);
+        assert!(cache.first_time(a));
+    }
+}
