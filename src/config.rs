@@ -340,7 +340,8 @@ impl TryFrom<Args> for Config {
             Some(path) => read_lines("--apps-file", path)?,
             None => Vec::new(),
         };
-        let entries = args.apps.iter().map(|e| ("--app", e.clone())).chain(file_entries.into_iter().map(|e| ("--apps-file", e)));
+        let entries =
+            args.apps.iter().map(|e| ("--app", e.clone())).chain(file_entries.into_iter().map(|e| ("--apps-file", e)));
         for (flag, entry) in entries {
             let (id, token) = match entry.split_once(':') {
                 Some((id, token)) => (id, Some(checked_token(flag, token.to_owned())?)),
@@ -454,8 +455,7 @@ mod tests {
     #[test]
     fn disk_durability_needs_a_spool() {
         assert!(parse(&["--sdk-app-id", "1", "--dev", "--durability", "disk"]).unwrap_err().contains("--spool-dir"));
-        let config =
-            parse(&["--sdk-app-id", "1", "--dev", "--durability", "disk", "--spool-dir", "/tmp/s"]).unwrap();
+        let config = parse(&["--sdk-app-id", "1", "--dev", "--durability", "disk", "--spool-dir", "/tmp/s"]).unwrap();
         assert_eq!(config.spool.unwrap().max_bytes, 1 << 30);
     }
 
@@ -483,8 +483,17 @@ mod tests {
         let apps_file = dir.path().join("apps");
         std::fs::write(&apps_file, "# app, token\n3:three\n4\n").unwrap();
         let config = parse(&[
-            "--dev", "--sdk-app-id", "1", "--app", "2:two-a", "--app", "2:two-b",
-            "--apps-file", apps_file.to_str().unwrap(), "--callback-token-file", token_file.to_str().unwrap(),
+            "--dev",
+            "--sdk-app-id",
+            "1",
+            "--app",
+            "2:two-a",
+            "--app",
+            "2:two-b",
+            "--apps-file",
+            apps_file.to_str().unwrap(),
+            "--callback-token-file",
+            token_file.to_str().unwrap(),
         ])
         .unwrap();
         assert_eq!(

@@ -21,8 +21,8 @@ use tracing::info;
 use crate::callback::AppRegistry;
 use crate::config::{Config, KafkaTarget};
 use crate::http::{AdminEdge, CallbackEdge};
-use crate::metrics::Metrics;
 use crate::http::{ConnectionLimits, EdgeSettings, Topics};
+use crate::metrics::Metrics;
 use crate::sink::{EmbeddedKafka, KafkaSink, ReadBackLogger, SinkError, SinkSettings};
 use crate::spool::{Spool, SpoolError};
 
@@ -63,11 +63,15 @@ impl App {
     /// Creates metrics and the Kafka producer; fails on a configuration librdkafka rejects.
     pub fn build(config: Config) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let mut topics: Vec<&str> = [config.topic.as_str(), config.dead_letter_topic.as_str()]
+            .into_iter()
+            .chain(config.routes.topics())
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
         let embedded = match &config.kafka {
             KafkaTarget::Brokers(_) => None,
-            KafkaTarget::Embedded => {
-                Some(EmbeddedKafka::start(&[&config.topic, &config.dead_letter_topic]).map_err(StartError::Embedded)?)
-            }
+            KafkaTarget::Embedded => Some(EmbeddedKafka::start(&topics).map_err(StartError::Embedded)?),
         };
         let bootstrap_servers = match (&config.kafka, &embedded) {
             (KafkaTarget::Brokers(brokers), _) => brokers.clone(),
@@ -82,11 +86,7 @@ impl App {
             SinkSettings {
                 bootstrap_servers: &bootstrap_servers,
                 overrides: &config.kafka_properties,
-                topics: [config.topic.as_str(), config.dead_letter_topic.as_str()]
-                    .into_iter()
-                    .chain(config.routes.topics())
-                    .map(str::to_owned)
-                    .collect(),
+                topics: topics.iter().map(|topic| topic.to_string()).collect(),
                 durability: config.durability,
                 spool,
             },
@@ -95,10 +95,7 @@ impl App {
         let read_back = match &embedded {
             Some(cluster) => {
                 info!(bootstrap_servers = cluster.bootstrap_servers(), "embedded Kafka started (--dev)");
-                Some(
-                    ReadBackLogger::start(cluster.bootstrap_servers(), &[&config.topic, &config.dead_letter_topic])
-                        .map_err(StartError::Embedded)?,
-                )
+                Some(ReadBackLogger::start(cluster.bootstrap_servers(), &topics).map_err(StartError::Embedded)?)
             }
             None => None,
         };

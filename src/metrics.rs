@@ -81,6 +81,8 @@ pub struct Metrics {
     pub spool_events: IntGauge,
     /// Bytes of spool segments on disk.
     pub spool_bytes: IntGauge,
+    /// `--spool-max-bytes` (0 without a spool).
+    pub spool_max_bytes: IntGauge,
     spooled: IntCounterVec,
     /// Spooled records handed to the producer again.
     pub replayed: IntCounter,
@@ -178,7 +180,8 @@ impl Metrics {
             .expect("unique metric");
 
         let stats = KafkaStatsMetrics::new(&registry);
-        let spooled = counter_vec(&registry, "imcf_spooled_total", "Records written to the disk spool, by reason.", "reason");
+        let spooled =
+            counter_vec(&registry, "imcf_spooled_total", "Records written to the disk spool, by reason.", "reason");
         for reason in SPOOL_REASONS {
             spooled.with_label_values(&[reason]);
         }
@@ -225,8 +228,17 @@ impl Metrics {
                 "imcf_events_lost_total",
                 "Accepted events dropped for good: Kafka refused them and no spool could keep them.",
             ),
-            spool_events: gauge(&registry, "imcf_spool_events", "Records in the disk spool not yet acknowledged by Kafka."),
+            spool_events: gauge(
+                &registry,
+                "imcf_spool_events",
+                "Records in the disk spool not yet acknowledged by Kafka.",
+            ),
             spool_bytes: gauge(&registry, "imcf_spool_bytes", "Bytes of disk spool segments."),
+            spool_max_bytes: gauge(
+                &registry,
+                "imcf_spool_max_bytes",
+                "Most bytes the disk spool may take (0: no spool).",
+            ),
             spooled,
             replayed: counter(&registry, "imcf_replayed_total", "Spooled records handed to the producer again."),
             spool_quarantined: counter(

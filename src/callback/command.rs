@@ -97,7 +97,7 @@ mod tests {
         for command in ["", "other", "OfficialAccount", "officialaccount.x", "group.callbacksendmsgexception", "*"] {
             assert_eq!(command_label(command), OTHER_COMMAND_LABEL, "{command:?}");
         }
-        // The catch-all labels are not commands themselves, except as a literal OfficialAccount. prefix.
+        // Sent as commands, "other" is unknown and "OfficialAccount.*" has the prefix: both map to themselves.
         assert_eq!(command_label(OTHER_COMMAND_LABEL), OTHER_COMMAND_LABEL);
         assert_eq!(command_label(OFFICIAL_ACCOUNT_LABEL), OFFICIAL_ACCOUNT_LABEL);
         assert!(COMMAND_LABELS.iter().all(|label| COMMAND_LABELS.contains(&command_label(label))));

@@ -15,7 +15,7 @@ const SIGNED_APP: u64 = 1_400_000_001;
 const TOKEN: &str = "xxxxyyyy";
 const NOW: i64 = 1_669_872_112;
 const RECEIVED_MS: u64 = 1_670_574_415_007;
-// First instant that is not formatted (year 10000), in milliseconds.
+/// First instant that is not formatted (year 10000), in milliseconds.
 const RFC3339_LIMIT_MS: i64 = 253_402_300_800_000;
 
 const KNOWN_FIELDS: [&str; 12] = [
@@ -434,7 +434,7 @@ struct ExceptionInput {
     from_account: Slot<String>,
     operator_account: Slot<String>,
     random: Slot<(u64, bool)>,
-    // The flag, and its representation: 0/1, false/true, "0"/"1".
+    /// The flag, and its representation: 0/1, false/true, "0"/"1".
     online_only: Slot<(bool, u8)>,
     msg_body: Slot<(Vec<Value>, bool)>,
     cloud_custom_data: Slot<String>,
@@ -750,7 +750,7 @@ proptest! {
         refuse_before_callbacks in any::<bool>(),
         before in any::<bool>(),
     ) {
-        // Distinct commands (after collapsing runs of `*`), each with its own topic, in the order given.
+        // One topic per distinct command (runs of `*` collapsed), so that the table never sees a conflict.
         let mut routes: Vec<(String, String)> = Vec::new();
         for spec in &specs {
             let collapsed = collapse_stars(spec);

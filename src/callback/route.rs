@@ -45,9 +45,9 @@ pub enum RouteError {
 pub struct Route {
     command: Box<str>,
     topic: Box<str>,
-    // Length of the literal text before the first `*` (the whole command for exact routes).
+    /// Length of the literal text before the first `*` (the whole command for exact routes).
     prefix_len: usize,
-    // Number of literal (non-`*`) characters.
+    /// Number of literal (non-`*`) characters.
     literal_len: usize,
 }
 
@@ -131,7 +131,8 @@ impl fmt::Display for Route {
 /// bytes never splits a character wrongly. Iterative with one backtrack point: O(len(pattern) × len(text)).
 fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
-    // Where to resume after the last `*`: pattern index after it, and the text index it has absorbed up to.
+    // Backtracking only to the last `*` suffices: an earlier `*` can absorb whatever a later one could.
+    // Holds the pattern index after that `*` and the text index it has absorbed up to.
     let mut resume: Option<(usize, usize)> = None;
     while t < text.len() {
         match pattern.get(p) {
@@ -164,9 +165,9 @@ fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
 /// the first `*`) wins, then the one with more literal characters, then the one given first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
-    // Sorted by command, for binary search.
+    /// Sorted by command: an exact match is a binary search, whatever the number of routes.
     exact: Vec<Route>,
-    // In precedence order.
+    /// In precedence order, so the first match is the most specific.
     patterns: Vec<Route>,
 }
 

@@ -170,7 +170,13 @@ impl CallbackEdge {
     pub fn new(settings: EdgeSettings, sink: Arc<KafkaSink>, metrics: Arc<Metrics>) -> Self {
         // A replayed request carries the same RequestTime, which is accepted for twice the skew at most.
         let retention = settings.apps.max_clock_skew().max(Duration::from_secs(1)) * 2;
-        CallbackEdge { settings, replays: ReplayCache::new(retention, 1 << 20), sink, metrics, closed: AtomicBool::new(false) }
+        CallbackEdge {
+            settings,
+            replays: ReplayCache::new(retention, 1 << 20),
+            sink,
+            metrics,
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// Stops handing events to Kafka: requests that still arrive get 503 and are not acknowledged.
@@ -284,9 +290,7 @@ impl CallbackEdge {
             Normalized::Exception(event) => {
                 self.metrics.exception(event.category(), callback::error_code_label(event.error_code()))
             }
-            Normalized::Callback(envelope) => {
-                self.metrics.routed(callback::command_label(envelope.callback_command()))
-            }
+            Normalized::Callback(envelope) => self.metrics.routed(callback::command_label(envelope.callback_command())),
         }
         Ok(())
     }

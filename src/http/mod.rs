@@ -146,7 +146,8 @@ async fn drive_connection<H, Fut>(
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let activity = Arc::new(Activity { opened: Instant::now(), last_nanos: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
+    let activity =
+        Arc::new(Activity { opened: Instant::now(), last_nanos: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
     let tracker = activity.clone();
     let service = service_fn(move |request| {
         tracker.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -1,9 +1,9 @@
 //! Replay protection: remembers recently accepted callbacks so that the same one posted again is not
 //! published twice.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash};
-use std::collections::hash_map::RandomState;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

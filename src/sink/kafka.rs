@@ -131,7 +131,12 @@ impl ProducerContext for SinkContext {
                 if let (Some(place), Some(spool)) = (inflight.spooled, &self.spool) {
                     spool.ack(place);
                 }
-                debug!(topic = message.topic(), partition = message.partition(), offset = message.offset(), "delivered");
+                debug!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "delivered"
+                );
             }
             Err((err, message)) => {
                 metrics.kafka_delivery_failures.inc();
@@ -356,7 +361,9 @@ impl KafkaSink {
                         sink.metrics.replayed.inc();
                         break;
                     }
-                    Err(SinkError::QueueFull) if !stop.load(Ordering::Relaxed) => thread::sleep(Duration::from_millis(20)),
+                    Err(SinkError::QueueFull) if !stop.load(Ordering::Relaxed) => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
                     Err(SinkError::QueueFull) => {
                         spool.unget(place);
                         break;
@@ -435,10 +442,8 @@ impl KafkaSink {
             headers = headers.insert(Header { key: name, value: Some(*value) });
         }
         let inflight = Box::new(Inflight { handed_over: Instant::now(), spooled });
-        let base = BaseRecord::with_opaque_to(record.topic, inflight)
-            .key(record.key)
-            .payload(record.payload)
-            .headers(headers);
+        let base =
+            BaseRecord::with_opaque_to(record.topic, inflight).key(record.key).payload(record.payload).headers(headers);
         // Counted before the send: the delivery report may arrive on the polling thread before `send` returns.
         self.metrics.kafka_queue_events.inc();
         match self.producer.send(base) {
@@ -486,11 +491,7 @@ impl KafkaSink {
     }
 }
 
-fn spawn_named(
-    name: &str,
-    sink: Weak<KafkaSink>,
-    body: fn(Weak<KafkaSink>, Arc<AtomicBool>),
-) -> JoinHandle<()> {
+fn spawn_named(name: &str, sink: Weak<KafkaSink>, body: fn(Weak<KafkaSink>, Arc<AtomicBool>)) -> JoinHandle<()> {
     let stop = sink.upgrade().map(|s| s.stop.clone()).unwrap_or_default();
     thread::Builder::new().name(name.into()).spawn(move || body(sink, stop)).expect("spawn sink thread")
 }

@@ -129,6 +129,7 @@ impl Spool {
         }
         metrics.spool_events.set(recovered.len() as i64);
         metrics.spool_bytes.set(used as i64);
+        metrics.spool_max_bytes.set(config.max_bytes as i64);
         let shared = Arc::new(Shared {
             used_bytes: AtomicU64::new(used),
             max_bytes: config.max_bytes,
@@ -231,11 +232,8 @@ impl Spool {
     /// The next record to re-publish, waiting up to `timeout` for one.
     pub fn next_to_replay(&self, timeout: Duration) -> Option<RecordRef> {
         let queue = self.shared.replay.lock().expect("replay lock");
-        let (mut queue, _) = self
-            .shared
-            .replay_ready
-            .wait_timeout_while(queue, timeout, |queue| queue.is_empty())
-            .expect("replay lock");
+        let (mut queue, _) =
+            self.shared.replay_ready.wait_timeout_while(queue, timeout, |queue| queue.is_empty()).expect("replay lock");
         queue.pop_front()
     }
 
@@ -482,7 +480,10 @@ fn recover_segment(dir: &Path, segment: u64, path: &Path, metrics: &Metrics) -> 
             }
             frame::Scan::Corrupt => {
                 let resume = (position + 1..data.len())
-                    .find(|&at| data[at..].starts_with(&frame::MAGIC) && matches!(frame::scan(&data[at..]), frame::Scan::Frame(_)))
+                    .find(|&at| {
+                        data[at..].starts_with(&frame::MAGIC)
+                            && matches!(frame::scan(&data[at..]), frame::Scan::Frame(_))
+                    })
                     .unwrap_or(data.len());
                 quarantine(dir, segment, position, &data[position..resume], "bad checksum")?;
                 metrics.spool_quarantined.inc();
@@ -572,7 +573,8 @@ mod tests {
             spool.ack(place);
         }
         spool.close();
-        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().filter_map(|e| segment_number(&e.unwrap().path())).collect();
+        let left: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().filter_map(|e| segment_number(&e.unwrap().path())).collect();
         assert!(left.is_empty(), "a clean close leaves no delivered segment: {left:?}");
     }
 

@@ -1,0 +1,1214 @@
+#!/usr/bin/env python3
+"""Checks and generators for the deploy kit (run by .ci/check-deploy).
+
+Needs PyYAML, kubernetes-validate and promql-parser (the venv .ci/check-deploy
+makes). Subcommands:
+
+  gen-prometheusrule [--check]   write deploy/kubernetes/base/prometheusrule.yaml from
+                                 deploy/prometheus/alerts.yml (--check: fail if stale)
+  check-rule-tests               every alert has a firing and a quiet case in alerts_test.yml
+  check-queries                  alert and dashboard PromQL: parses, uses only catalogue
+                                 metrics and known outcome/category label values
+  dashboard-rules OUT            dashboard JSON sanity + its PromQL as recording rules in
+                                 OUT, for `promtool check rules`
+  dashboard-queries              print the dashboard's PromQL, one JSON object per line,
+                                 with Grafana variables replaced (used by e2e)
+  check-dockerfile               deploy/Dockerfile structure (stages, --locked, non-root,
+                                 OCI labels, ports, runtime libraries)
+  check-compose CONFIG           the output of `docker-compose config`: services, mounts,
+                                 topics, env and ports consistent with the rest of the kit
+  selftest RENDERED COMPOSE [DISK_RENDERED]
+                                 seed known mistakes into copies of the inputs and check
+                                 that each check above catches them
+  catalogue                      print the catalogue's metric names (used by e2e)
+  check-metrics --bin BINARY | --file EXPOSITION
+                                 compare the catalogue (names, types, label names, and the
+                                 outcome/category/reason/quantile values) with what the binary
+                                 exports on /metrics: --bin starts BINARY --dev and scrapes it
+                                 once librdkafka statistics arrived; fails listing every
+                                 difference both ways
+  check-env --bin BINARY         the IMCF_* variables the kit knows == the binary's --help
+  validate-k8s RENDERED [--base BASE_RENDERED]
+                                 kubernetes-validate (strict) of the rendered kustomize
+                                 output, cross-resource checks, and PrometheusRule ==
+                                 alerts.yml; writes the CRD objects to RENDERED.crds.json.
+                                 The workload is the base's Deployment or the disk-spool
+                                 overlay's StatefulSet (then also: spool volume claim at
+                                 IMCF_SPOOL_DIR, durability disk, volume > spool max; with
+                                 --base, the same pod as the base's but for the spool)
+"""
+
+import json
+import os
+import re
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ALERTS = os.path.join(ROOT, "deploy/prometheus/alerts.yml")
+ALERTS_TEST = os.path.join(ROOT, "deploy/prometheus/alerts_test.yml")
+PROMRULE = os.path.join(ROOT, "deploy/kubernetes/base/prometheusrule.yaml")
+DASHBOARD = os.path.join(ROOT, "deploy/grafana/dashboards/im-callback-forwarder.json")
+
+# The metric catalogue of the service (SPEC "Metrics" + "ADDED"; README "Operate"): name -> (type, labels).
+# `check-metrics` compares it, both ways, with what the binary really exports on /metrics
+# (.ci/check-deploy runs it when target/debug/im-callback-forwarder exists; the e2e runs it too).
+CATALOGUE = {
+    "imcf_callbacks_total": ("counter", ["outcome"]),
+    "imcf_exceptions_total": ("counter", ["category"]),
+    "imcf_exceptions_by_code_total": ("counter", ["error_code"]),
+    "imcf_dead_letters_total": ("counter", []),
+    "imcf_kafka_delivered_total": ("counter", []),
+    "imcf_kafka_delivery_failures_total": ("counter", []),
+    "imcf_kafka_queue_events": ("gauge", []),
+    "imcf_ack_duration_seconds": ("histogram", []),
+    "imcf_delivery_duration_seconds": ("histogram", []),
+    "imcf_ready": ("gauge", []),
+    "imcf_kafka_metadata_last_success_timestamp_seconds": ("gauge", []),
+    "imcf_build_info": ("gauge", ["version"]),
+    # Durability (the disk spool) and data loss.
+    "imcf_events_lost_total": ("counter", []),
+    "imcf_spool_events": ("gauge", []),
+    "imcf_spool_bytes": ("gauge", []),
+    "imcf_spool_max_bytes": ("gauge", []),
+    "imcf_spooled_total": ("counter", ["reason"]),
+    "imcf_replayed_total": ("counter", []),
+    "imcf_spool_quarantined_total": ("counter", []),
+    "imcf_spool_fsync_duration_seconds": ("histogram", []),
+    # Routing of other callback commands (--route / --unrouted).
+    "imcf_routed_callbacks_total": ("counter", ["command"]),
+    "imcf_unrouted_callbacks_total": ("counter", ["command"]),
+    # librdkafka statistics.
+    "imcf_kafka_producer_queue_messages": ("gauge", []),
+    "imcf_kafka_producer_queue_bytes": ("gauge", []),
+    "imcf_kafka_broker_rtt_seconds": ("gauge", ["broker", "quantile"]),
+    "imcf_kafka_broker_up": ("gauge", ["broker"]),
+    "imcf_kafka_broker_request_errors_total": ("counter", ["broker"]),
+    "imcf_kafka_broker_request_retries_total": ("counter", ["broker"]),
+    "imcf_kafka_broker_request_timeouts_total": ("counter", ["broker"]),
+    # The prometheus crate's process collector (Linux).
+    "process_resident_memory_bytes": ("gauge", []),
+    "process_virtual_memory_bytes": ("gauge", []),
+    "process_cpu_seconds_total": ("counter", []),
+    "process_open_fds": ("gauge", []),
+    "process_max_fds": ("gauge", []),
+    "process_threads": ("gauge", []),
+    "process_start_time_seconds": ("gauge", []),
+}
+# Series Prometheus itself makes for every target.
+PROMETHEUS_SERIES = {"up"}
+# Every value of imcf_callbacks_total{outcome} (SPEC table + "ADDED"); all pre-initialised at 0.
+OUTCOMES = [
+    "accepted", "ignored", "not_found", "method_not_allowed", "body_too_large", "body_read_failed",
+    "repeated_parameter", "missing_sdk_app_id", "unknown_sdk_app_id", "missing_sign", "bad_sign",
+    "stale_request_time", "invalid_json", "duplicate_field", "missing_field", "invalid_field",
+    "missing_command", "command_mismatch", "unavailable",
+    # Routing, replay cache, source allowlist, read timeouts, content type, disk spool.
+    "routed", "replayed", "before_refused", "unrouted", "source_not_allowed", "body_timeout",
+    "unsupported_content_type", "spool_full",
+]
+# Outcomes answered 200 (the others are refusals; `unrouted` is a 404 with --unrouted reject, and
+# `before_refused` is a 200 that tells Tencent to refuse the user's action, not a refused callback).
+OK_OUTCOMES = ["accepted", "routed", "ignored", "replayed", "before_refused"]
+CATEGORIES = [
+    "rate_limited", "content_moderated", "message_too_large", "sender_muted", "permission_denied",
+    "group_unavailable", "invalid_request", "blocked_by_callback", "internal_error", "unknown",
+]
+SPOOL_REASONS = ["write_ahead", "queue_full", "delivery_failed", "shutdown"]
+BROKER_QUANTILES = ["0.5", "0.99"]
+KNOWN_LABEL_VALUES = {"outcome": OUTCOMES, "category": CATEGORIES, "reason": SPOOL_REASONS,
+                      "quantile": BROKER_QUANTILES}
+# Label values the binary pre-initialises (or, for quantile, always sets together), compared
+# both ways with /metrics by check-metrics: metric -> (label, values).
+ENUMERATED_LABELS = {
+    "imcf_callbacks_total": ("outcome", OUTCOMES),
+    "imcf_exceptions_total": ("category", CATEGORIES),
+    "imcf_spooled_total": ("reason", SPOOL_REASONS),
+    "imcf_kafka_broker_rtt_seconds": ("quantile", BROKER_QUANTILES),
+}
+
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print(f"  FAIL: {msg}")
+
+
+def ok(msg):
+    print(f"  ok: {msg}")
+
+
+def finish():
+    if failures:
+        print(f"{len(failures)} problem(s)")
+        sys.exit(1)
+
+
+def load_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def load_yaml_all(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+# ---------------------------------------------------------------- PrometheusRule
+
+PROMRULE_HEADER = """\
+# GENERATED from deploy/prometheus/alerts.yml by
+#   python3 deploy/tools/deploykit.py gen-prometheusrule
+# Do not edit: change alerts.yml (and alerts_test.yml), then regenerate.
+# .ci/check-deploy fails when this file and alerts.yml differ.
+# Add the label your Prometheus selects rules by (kube-prometheus-stack:
+# release: <helm release>) in an overlay.
+"""
+
+
+def prometheusrule_doc():
+    alerts = load_yaml(ALERTS)
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": "im-callback-forwarder",
+            "labels": {
+                "app.kubernetes.io/name": "im-callback-forwarder",
+                "app.kubernetes.io/component": "forwarder",
+                "app.kubernetes.io/part-of": "im-callback-forwarder",
+            },
+        },
+        "spec": {"groups": alerts["groups"]},
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper, s):
+    if "\n" in s:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def prometheusrule_text():
+    return PROMRULE_HEADER + yaml.dump(prometheusrule_doc(), Dumper=_Dumper, sort_keys=False, width=100000,
+                                       allow_unicode=True, default_flow_style=False)
+
+
+def cmd_gen_prometheusrule(args):
+    text = prometheusrule_text()
+    if "--check" in args:
+        current = open(PROMRULE).read() if os.path.exists(PROMRULE) else ""
+        if current != text:
+            fail(f"{os.path.relpath(PROMRULE, ROOT)} is stale: run python3 deploy/tools/deploykit.py gen-prometheusrule")
+        else:
+            ok(f"{os.path.relpath(PROMRULE, ROOT)} is what gen-prometheusrule makes of alerts.yml")
+    else:
+        with open(PROMRULE, "w") as f:
+            f.write(text)
+        print(f"wrote {os.path.relpath(PROMRULE, ROOT)}")
+
+
+# ---------------------------------------------------------------- rule tests
+
+def alert_names():
+    return [r["alert"] for g in load_yaml(ALERTS)["groups"] for r in g["rules"] if "alert" in r]
+
+
+def cmd_check_rule_tests(_args):
+    tests = load_yaml(ALERTS_TEST)
+    fires, quiet = set(), set()
+    for t in tests["tests"]:
+        for c in t.get("alert_rule_test", []):
+            (fires if c.get("exp_alerts") else quiet).add(c["alertname"])
+    names = alert_names()
+    for name in names:
+        if name not in fires:
+            fail(f"alerts_test.yml has no case where {name} fires")
+        if name not in quiet:
+            fail(f"alerts_test.yml has no case where {name} stays quiet")
+    for name in (fires | quiet) - set(names):
+        fail(f"alerts_test.yml tests {name}, which alerts.yml does not define")
+    if not failures:
+        ok(f"each of the {len(names)} alerts has a firing and a quiet case: {', '.join(names)}")
+    alerts = load_yaml(ALERTS)
+    for g in alerts["groups"]:
+        for r in g["rules"]:
+            if "alert" not in r:
+                continue
+            missing = {"summary", "description", "runbook"} - set(r.get("annotations", {}))
+            if missing:
+                fail(f"alert {r['alert']} lacks annotation(s) {sorted(missing)}")
+            if r.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+                fail(f"alert {r['alert']} has no severity label critical|warning|info")
+    if not failures:
+        ok("every alert has summary, description, runbook and a severity")
+
+
+# ---------------------------------------------------------------- PromQL
+
+GRAFANA_DURATIONS = {"__rate_interval": "1m", "__interval": "30s", "__range": "1h"}
+
+
+def substitute_grafana(expr, durations=None, regex_default=".*"):
+    durations = durations or GRAFANA_DURATIONS
+
+    def repl(m):
+        name = m.group(1) or m.group(2)
+        if name in durations:
+            return durations[name]
+        return regex_default
+
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", repl, expr)
+
+
+def check_expr(where, expr, recorded):
+    import promql_parser
+    try:
+        ast = promql_parser.parse(expr)
+    except Exception as e:  # the parser raises ValueError with the position
+        fail(f"{where}: PromQL does not parse: {e}: {expr}")
+        return set()
+    used = set()
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            name = node.name
+            if not name:
+                for m in node.matchers.matchers:
+                    if m.name == "__name__":
+                        name = m.value
+            used.add(name)
+            base = re.sub(r"_(bucket|sum|count)$", "", name or "")
+            if name in CATALOGUE:
+                if CATALOGUE[name][0] == "histogram":
+                    fail(f"{where}: histogram {name} must be used as {name}_bucket/_sum/_count")
+            elif base in CATALOGUE and CATALOGUE[base][0] == "histogram":
+                pass
+            elif name in PROMETHEUS_SERIES or name in recorded:
+                pass
+            else:
+                fail(f"{where}: metric {name!r} is not in the catalogue")
+            for m in node.matchers.matchers:
+                values = KNOWN_LABEL_VALUES.get(m.name)
+                if values is None:
+                    continue
+                literal = m.value
+                alternatives = literal.split("|") if "Re" in str(m.op) else [literal]
+                if m.name == "outcome" and "NotRe" in str(m.op) and set(alternatives) != set(OK_OUTCOMES):
+                    fail(f"{where}: outcome!~ must exclude exactly the outcomes answered 200 {OK_OUTCOMES}, "
+                         f"got {alternatives}")
+                for alt in alternatives:
+                    if alt not in values and alt not in (".*", ".+", ""):
+                        fail(f"{where}: {m.name}={alt!r} is not a value the service exports")
+        return True
+
+    promql_parser.walk(ast, visit)
+    return used
+
+
+def dashboard_targets():
+    dash = json.load(open(DASHBOARD))
+    out = []
+
+    def panels(ps):
+        for p in ps:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    for p in panels(dash.get("panels", [])):
+        for t in p.get("targets", []):
+            out.append((p, t))
+    return dash, out
+
+
+def cmd_check_queries(_args):
+    alerts = load_yaml(ALERTS)
+    recorded = {r["record"] for g in alerts["groups"] for r in g["rules"] if "record" in r}
+    n = 0
+    for g in alerts["groups"]:
+        for r in g["rules"]:
+            check_expr(f"alerts.yml {r.get('alert') or r.get('record')}", r["expr"], recorded)
+            n += 1
+    _, targets = dashboard_targets()
+    for p, t in targets:
+        check_expr(f"dashboard panel {p['id']} {p['title']!r} target {t.get('refId')}",
+                   substitute_grafana(t.get("expr", "")), set())
+        n += 1
+    if not failures:
+        ok(f"{n} PromQL expressions parse and use only catalogue metrics and known label values")
+
+
+def cmd_dashboard_rules(args):
+    out_path = args[0]
+    dash, targets = dashboard_targets()
+    for key in ("title", "uid", "panels", "schemaVersion"):
+        if key not in dash:
+            fail(f"dashboard lacks {key!r}")
+    ids = [p["id"] for p in dash["panels"]]
+    if len(ids) != len(set(ids)):
+        fail("dashboard panel ids are not unique")
+    variables = {v["name"] for v in dash.get("templating", {}).get("list", [])}
+    rules = []
+    for p, t in targets:
+        expr = t.get("expr", "")
+        if not expr.strip():
+            fail(f"panel {p['id']} {p['title']!r} has a target without expr")
+            continue
+        ds = t.get("datasource") or p.get("datasource") or {}
+        if ds.get("uid") != "${datasource}":
+            fail(f"panel {p['id']} {p['title']!r} does not use the ${{datasource}} variable")
+        for var in re.findall(r"\$\{?(\w+)", expr):
+            if var not in variables and var not in GRAFANA_DURATIONS:
+                fail(f"panel {p['id']} {p['title']!r} uses undefined variable ${var}")
+        rules.append({"record": f"dashboard:panel_{p['id']}:{t.get('refId', 'A')}", "expr": substitute_grafana(expr)})
+    # Titles the issue asks for.
+    titles = " | ".join(p["title"].lower() for p in dash["panels"])
+    for want in ("outcome", "category", "error code", "ack latency", "delivery latency", "queue depth",
+                 "round-trip", "resident memory", "events lost", "spool events", "spool bytes vs max",
+                 "spooled by reason", "replayed", "fsync latency", "routed callbacks by command",
+                 "unrouted callbacks by command"):
+        if want not in titles:
+            fail(f"dashboard has no panel about {want!r}")
+    with open(out_path, "w") as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, f, sort_keys=False, width=100000)
+    if not failures:
+        ok(f"dashboard JSON parses: {len(dash['panels'])} panels, {len(rules)} queries -> {out_path}")
+
+
+def cmd_dashboard_queries(args):
+    rate_interval = args[0] if args else "1m"
+    durations = dict(GRAFANA_DURATIONS, __rate_interval=rate_interval, __range=rate_interval)
+    _, targets = dashboard_targets()
+    for p, t in targets:
+        print(json.dumps({"panel": p["title"], "refId": t.get("refId"), "expr": substitute_grafana(t["expr"], durations)}))
+
+
+# ---------------------------------------------------------------- catalogue vs the binary
+
+SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$')
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?\s*')
+
+
+def parse_exposition(text):
+    """Prometheus text format -> {family: {"type": t, "labels": {name: set(values)}, "samples": n}}."""
+    families = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 4 and parts[1] == "TYPE":
+                families.setdefault(parts[2], {"type": None, "labels": {}, "samples": 0})["type"] = parts[3].strip()
+            continue
+        m = SAMPLE_RE.match(line)
+        if not m:
+            raise ValueError(f"not a sample line: {line!r}")
+        name, labels = m.group(1), m.group(2) or ""
+        family = name
+        if name not in families:
+            for suffix in ("_bucket", "_sum", "_count"):
+                if name.endswith(suffix) and name[: -len(suffix)] in families:
+                    family = name[: -len(suffix)]
+        f = families.setdefault(family, {"type": "untyped", "labels": {}, "samples": 0})
+        f["samples"] += 1
+        for lname, lvalue in LABEL_RE.findall(labels):
+            if lname == "le" and f["type"] == "histogram":
+                continue
+            f["labels"].setdefault(lname, set()).add(lvalue)
+    return families
+
+
+def compare_catalogue(families, where):
+    """Every difference between the catalogue and an exposition, both ways."""
+    exported, catalogued = set(families), set(CATALOGUE)
+    for name in sorted(exported - catalogued):
+        f = families[name]
+        fail(f"{where} exports {name} ({f['type']}, labels {sorted(f['labels'])}), which the catalogue lacks")
+    for name in sorted(catalogued - exported):
+        hint = " (a broker-labelled metric: did librdkafka statistics arrive?)" if "broker" in CATALOGUE[name][1] else ""
+        fail(f"the catalogue has {name} ({CATALOGUE[name][0]}), which {where} does not export{hint}")
+    for name in sorted(exported & catalogued):
+        kind, labels = CATALOGUE[name]
+        f = families[name]
+        if f["type"] != kind:
+            fail(f"{name}: {where} exports it as {f['type']}, the catalogue says {kind}")
+        if set(f["labels"]) != set(labels):
+            fail(f"{name}: {where} exports labels {sorted(f['labels'])}, the catalogue says {sorted(labels)}")
+        if f["samples"] == 0:
+            fail(f"{name}: {where} declares it but exports no sample")
+    for name, (label, values) in ENUMERATED_LABELS.items():
+        got = families.get(name, {}).get("labels", {}).get(label)
+        if got is None:
+            continue  # already reported above
+        extra, missing = sorted(got - set(values)), sorted(set(values) - got)
+        if extra:
+            fail(f"{name}{{{label}}}: {where} exports value(s) {extra}, which the catalogue lacks")
+        if missing:
+            fail(f"{name}{{{label}}}: the catalogue has value(s) {missing}, which {where} does not export")
+
+
+def scrape_dev_binary(binary, timeout=20.0):
+    """Starts BINARY --dev on free ports, waits for librdkafka statistics, returns /metrics."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+    cmd = [binary, "--dev", "--sdk-app-id", "1400000000", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+           "--log-format", "json", "-X", "statistics.interval.ms=200"]
+    env = dict(os.environ, IMCF_LOG="warn,im_callback_forwarder=info")
+    for k in list(env):  # only the flags above configure it
+        if k.startswith("IMCF_") and k != "IMCF_LOG":
+            del env[k]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    text, log = "", []
+    try:
+        admin, deadline = None, time.monotonic() + timeout
+        for line in proc.stdout:
+            log.append(line)
+            try:
+                fields = json.loads(line).get("fields", {})
+            except ValueError:
+                continue
+            if fields.get("message") == "listening":
+                admin = fields["admin_addr"]
+                break
+        if not admin:
+            raise RuntimeError("the forwarder exited without a 'listening' line:\n" + "".join(log[-20:]))
+        import threading
+        threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()  # keep the pipe drained
+        broker_metrics = [n for n, (_t, labels) in CATALOGUE.items() if "broker" in labels]
+        while True:
+            with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            have = parse_exposition(text)
+            if any(n in have for n in broker_metrics) or time.monotonic() > deadline:
+                break  # statistics arrived (they come as one batch), or report what there is
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return text, " ".join(cmd)
+
+
+def cmd_check_metrics(args):
+    """check-metrics --bin BINARY | --file EXPOSITION: catalogue == what the binary exports."""
+    if len(args) != 2 or args[0] not in ("--bin", "--file"):
+        print("usage: deploykit.py check-metrics --bin BINARY | --file EXPOSITION")
+        sys.exit(2)
+    if args[0] == "--bin":
+        text, how = scrape_dev_binary(args[1])
+        where = "the binary"
+        print(f"  scraped /metrics of: {how}")
+    else:
+        text, where = open(args[1]).read(), os.path.basename(args[1])
+    families = parse_exposition(text)
+    compare_catalogue(families, where)
+    if not failures:
+        enum = ", ".join(f"{len(v)} {label}" for label, v in ENUMERATED_LABELS.values())
+        ok(f"{where} exports exactly the catalogue's {len(CATALOGUE)} metric families (names, types, label names) "
+           f"and label values ({enum})")
+
+
+def catalogue_exposition():
+    """The exposition the catalogue describes (for the self-test of check-metrics)."""
+    lines = []
+    for name, (kind, labels) in CATALOGUE.items():
+        lines.append(f"# TYPE {name} {kind}")
+        enum = ENUMERATED_LABELS.get(name)
+        values = {label: (enum[1] if enum and enum[0] == label else ["x"]) for label in labels}
+        combos = [{}]
+        for label in labels:
+            combos = [dict(c, **{label: v}) for c in combos for v in values[label]]
+        for c in combos:
+            ls = ",".join(f'{k}="{v}"' for k, v in c.items())
+            if kind == "histogram":
+                for le in ("0.1", "+Inf"):
+                    lines.append(f'{name}_bucket{{{ls + "," if ls else ""}le="{le}"}} 0')
+                lines += [f"{name}_sum{{{ls}}} 0" if ls else f"{name}_sum 0", f"{name}_count{{{ls}}} 0" if ls else f"{name}_count 0"]
+            else:
+                lines.append(f"{name}{{{ls}}} 0" if ls else f"{name} 0")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+CRD_GROUPS = ("monitoring.coreos.com/",)
+K8S_VERSIONS = ("1.25.0", "1.37.0")  # oldest and newest schemas kubernetes-validate ships
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs, kind):
+    found = by_kind(docs, kind)
+    if len(found) != 1:
+        fail(f"expected exactly one {kind}, found {len(found)}")
+        return {}
+    return found[0]
+
+
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+_SCHEMA_CACHE = {}
+
+
+def cmd_validate_k8s(args):
+    import kubernetes_validate
+    rendered = args[0]
+    docs = load_yaml_all(rendered)
+    crds = []
+    for d in docs:
+        kn = f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
+        if d.get("apiVersion", "").startswith(CRD_GROUPS):
+            crds.append(d)
+            continue
+        for version in K8S_VERSIONS:
+            key = (json.dumps(d, sort_keys=True), version)
+            if key not in _SCHEMA_CACHE:  # the self-test validates the same objects many times
+                try:
+                    kubernetes_validate.validate(d, version, strict=True)
+                    _SCHEMA_CACHE[key] = None
+                except kubernetes_validate.SchemaNotFoundError as e:
+                    _SCHEMA_CACHE[key] = f"{kn}: no schema ({e})"
+                except Exception as e:
+                    _SCHEMA_CACHE[key] = f"{kn}: invalid against Kubernetes {version} schema (strict): {e}"
+            if _SCHEMA_CACHE[key]:
+                fail(_SCHEMA_CACHE[key])
+                break
+        else:
+            ok(f"{kn} valid against the Kubernetes {' and '.join(K8S_VERSIONS)} JSON schemas (strict)")
+    with open(rendered + ".crds.json", "w") as f:
+        json.dump(crds, f)
+    print(f"  ({len(crds)} prometheus-operator objects left to the CRD schema check: "
+          f"{', '.join(d['kind'] for d in crds)})")
+
+    kinds = sorted({d["kind"] for d in docs})
+    want = {"Service", "Ingress", "Secret", "ConfigMap", "PodDisruptionBudget",
+            "NetworkPolicy", "ServiceMonitor", "PrometheusRule"}
+    if want - set(kinds):
+        fail(f"rendered output lacks {sorted(want - set(kinds))}")
+    workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    if len(workloads) != 1:
+        fail(f"expected exactly one Deployment or StatefulSet, found {[w['kind'] for w in workloads]}")
+        return
+    dep = workloads[0]
+    wkind = dep["kind"]
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    if wkind == "Deployment" and not hpas:
+        fail("the Deployment variant lacks its HorizontalPodAutoscaler")
+
+    svc, ing = one(docs, "Service"), one(docs, "Ingress")
+    cm, sec, pdb = one(docs, "ConfigMap"), one(docs, "Secret"), one(docs, "PodDisruptionBudget")
+    np, sm, pr = one(docs, "NetworkPolicy"), one(docs, "ServiceMonitor"), one(docs, "PrometheusRule")
+    if failures:
+        return
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    pod_labels = pod["metadata"]["labels"]
+    c = spec["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    env_cm = cm["data"]
+
+    # The workload (Deployment or StatefulSet)
+    if not matches(dep["spec"]["selector"]["matchLabels"], pod_labels):
+        fail(f"{wkind} selector does not match its pod labels")
+    if set(ports) != {"callback", "admin"}:
+        fail(f"container ports must be callback and admin, got {ports}")
+    if ports.get("callback") != int(env_cm["IMCF_LISTEN"].rsplit(":", 1)[1]) or \
+            ports.get("admin") != int(env_cm["IMCF_ADMIN_LISTEN"].rsplit(":", 1)[1]):
+        fail("container ports do not match IMCF_LISTEN / IMCF_ADMIN_LISTEN")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        g = c.get(probe, {}).get("httpGet", {})
+        if g.get("path") != path or g.get("port") not in ("admin", ports.get("admin")):
+            fail(f"{probe} must be GET {path} on the admin port, got {g}")
+    sc, psc = c.get("securityContext", {}), spec.get("securityContext", {})
+    if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+        fail("runAsNonRoot is not set")
+    if (sc.get("runAsUser") or psc.get("runAsUser") or 0) == 0:
+        fail("runAsUser must be a non-zero UID")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        fail("readOnlyRootFilesystem is not true")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        fail("allowPrivilegeEscalation is not false")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        fail("capabilities.drop is not [ALL]")
+    res = c.get("resources", {})
+    if not (res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory")):
+        fail("resources must set cpu/memory requests and a memory limit")
+    cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pre_stop = int(cmd[1]) if len(cmd) == 2 and cmd[0] == "sleep" else None
+    if pre_stop is None:
+        fail(f"preStop must be exec [sleep, N], got {cmd}")
+    else:
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        shutdown = int(env_cm.get("IMCF_SHUTDOWN_TIMEOUT", 30))
+        if grace <= pre_stop + shutdown:
+            fail(f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + IMCF_SHUTDOWN_TIMEOUT {shutdown}")
+        else:
+            ok(f"terminationGracePeriodSeconds {grace} > preStop sleep {pre_stop} + IMCF_SHUTDOWN_TIMEOUT {shutdown}")
+    cm_refs = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
+    if cm_refs != [cm["metadata"]["name"]]:
+        fail(f"envFrom must reference the generated ConfigMap {cm['metadata']['name']}, got {cm_refs}")
+    env = {e["name"]: e for e in c.get("env", [])}
+    sec_keys = set(sec.get("stringData", {})) | set(sec.get("data", {}))
+    for name, key in (("IMCF_CALLBACK_TOKEN", "callback-token"), ("IMCF_KAFKA_PROPERTY", "kafka-properties")):
+        ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        if ref.get("name") != sec["metadata"]["name"] or ref.get("key") != key or key not in sec_keys:
+            fail(f"{name} must come from Secret {sec['metadata']['name']} key {key}")
+    if not all(line.split("=", 1)[0].startswith(("sasl.", "security.")) for line in
+               sec.get("stringData", {}).get("kafka-properties", "").splitlines()):
+        fail("kafka-properties must hold only security.*/sasl.* lines in the base")
+    for k in env_cm:
+        if not k.startswith("IMCF_"):
+            fail(f"ConfigMap key {k} is not an IMCF_* variable")
+    for required in ("IMCF_SDK_APP_ID", "IMCF_KAFKA_BROKERS", "IMCF_CALLBACK_PATH", "IMCF_SHUTDOWN_TIMEOUT"):
+        if required not in env_cm:
+            fail(f"ConfigMap lacks {required}")
+
+    # Service
+    sports = {p["name"]: p for p in svc["spec"]["ports"]}
+    if set(sports) != {"callback", "admin"} or sports["callback"]["port"] == sports["admin"]["port"]:
+        fail(f"Service must have separate callback and admin ports, got {list(sports)}")
+    if not matches(svc["spec"]["selector"], pod_labels):
+        fail("Service selector does not select the pods")
+
+    # Ingress: only the callback path, only the callback port.
+    paths = [(r.get("host"), p) for r in ing["spec"]["rules"] for p in r["http"]["paths"]]
+    for host, p in paths:
+        b = p["backend"]["service"]
+        if p["path"] != env_cm["IMCF_CALLBACK_PATH"] or p.get("pathType") != "Exact":
+            fail(f"Ingress path {p['path']} ({p.get('pathType')}) is not exactly IMCF_CALLBACK_PATH {env_cm['IMCF_CALLBACK_PATH']}")
+        if b["name"] != svc["metadata"]["name"] or b["port"] not in ({"name": "callback"}, {"number": sports["callback"]["port"]}):
+            fail(f"Ingress backend {b} is not the Service's callback port")
+    if "defaultBackend" in ing["spec"]:
+        fail("Ingress must not have a defaultBackend")
+    if paths and not failures:
+        ok(f"Ingress exposes only {env_cm['IMCF_CALLBACK_PATH']} (Exact) on the callback port")
+
+    # PDB, HPA
+    if not matches(pdb["spec"]["selector"]["matchLabels"], pod_labels):
+        fail("PodDisruptionBudget selector does not select the pods")
+    for hpa in hpas:
+        ref = hpa["spec"]["scaleTargetRef"]
+        if ref["kind"] != wkind or ref["name"] != dep["metadata"]["name"]:
+            fail(f"HorizontalPodAutoscaler targets {ref['kind']}/{ref['name']}, not the {wkind}")
+        if hpa["spec"].get("minReplicas", 1) <= pdb["spec"].get("minAvailable", 0):
+            fail("HPA minReplicas must exceed the PDB's minAvailable, or drains block")
+    if not hpas and dep["spec"].get("replicas", 1) <= pdb["spec"].get("minAvailable", 0):
+        fail(f"{wkind} replicas must exceed the PDB's minAvailable, or drains block")
+
+    check_spool(dep, c, spec, env_cm, svc, hpas)
+
+    # NetworkPolicy: admin only from the monitoring namespace.
+    if not matches(np["spec"]["podSelector"]["matchLabels"], pod_labels):
+        fail("NetworkPolicy does not select the pods")
+    for rule in np["spec"].get("ingress", []):
+        rports = [p.get("port") for p in rule.get("ports", [])]
+        if not rports:
+            fail("a NetworkPolicy ingress rule allows every port")
+        admin = {"admin", ports["admin"]} & set(rports)
+        if admin:
+            froms = rule.get("from", [])
+            if not froms or any(f.get("namespaceSelector", {}).get("matchLabels") !=
+                                {"kubernetes.io/metadata.name": "monitoring"} or "ipBlock" in f for f in froms):
+                fail("NetworkPolicy lets the admin port be reached from outside the monitoring namespace")
+    if not failures:
+        ok("NetworkPolicy: admin port only from namespace monitoring")
+
+    # ServiceMonitor -> Service admin port; job label = the name the alerts expect.
+    if not matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]):
+        fail("ServiceMonitor selector does not select the Service")
+    if [e.get("port") for e in sm["spec"]["endpoints"]] != ["admin"]:
+        fail("ServiceMonitor must scrape only the Service's admin port")
+    job = svc["metadata"]["labels"].get(sm["spec"].get("jobLabel", ""), svc["metadata"]["name"])
+    if job != "im-callback-forwarder":
+        fail(f"scrape job would be {job!r}, the alert rules expect im-callback-forwarder")
+    if not failures:
+        ok("ServiceMonitor scrapes the Service's admin port as job im-callback-forwarder")
+
+    # PrometheusRule carries exactly the rules of alerts.yml.
+    alerts = load_yaml(ALERTS)
+    if pr["spec"]["groups"] != alerts["groups"]:
+        fail("rendered PrometheusRule spec.groups differ from deploy/prometheus/alerts.yml")
+    else:
+        n = sum(len(g["rules"]) for g in alerts["groups"])
+        ok(f"rendered PrometheusRule carries exactly the {n} rules of alerts.yml")
+
+    if "--base" in args:
+        compare_with_base(docs, load_yaml_all(args[args.index("--base") + 1]), dep, cm)
+
+
+def spool_bytes_of(quantity):
+    """A Kubernetes storage quantity (2Gi, 1500M, 1073741824) in bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTPE]i?|k)?", str(quantity))
+    if not m:
+        raise ValueError(f"unsupported quantity {quantity!r}")
+    unit = m.group(2) or ""
+    mult = {"": 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5, "E": 1000**6,
+            "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "Pi": 1024**5, "Ei": 1024**6}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def check_spool(wl, c, spec, env_cm, svc, hpas):
+    """The spool directory is a volume (the root filesystem is read-only); disk durability
+    needs a StatefulSet whose volumeClaimTemplate is mounted at IMCF_SPOOL_DIR."""
+    durability = env_cm.get("IMCF_DURABILITY", "memory")
+    spool_dir = env_cm.get("IMCF_SPOOL_DIR")
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in c.get("volumeMounts", [])}
+    claims = {t["metadata"]["name"]: t for t in wl["spec"].get("volumeClaimTemplates", [])}
+    pod_volumes = {v["name"] for v in spec.get("volumes", [])}
+    if durability not in ("memory", "disk"):
+        fail(f"IMCF_DURABILITY={durability!r}: must be memory or disk")
+    if durability == "disk" and not spool_dir:
+        fail("IMCF_DURABILITY=disk needs IMCF_SPOOL_DIR")
+    if wl["kind"] == "StatefulSet" and durability != "disk":
+        fail("the StatefulSet variant must run IMCF_DURABILITY=disk")
+    if durability == "disk" and wl["kind"] != "StatefulSet":
+        fail(f"IMCF_DURABILITY=disk in a {wl['kind']}: a replaced pod starts with an empty spool; use the "
+             "StatefulSet of overlays/disk-spool (one PersistentVolumeClaim per pod)")
+    if not spool_dir:
+        if claims:
+            fail(f"volumeClaimTemplates {sorted(claims)} but no IMCF_SPOOL_DIR")
+        return
+    if not spool_dir.startswith("/"):
+        fail(f"IMCF_SPOOL_DIR {spool_dir!r} is not an absolute path")
+    vol = mounts.get(spool_dir.rstrip("/"))
+    if vol is None:
+        fail(f"no volume is mounted at IMCF_SPOOL_DIR {spool_dir} (the root filesystem is read-only)")
+        return
+    if wl["kind"] != "StatefulSet":
+        return
+    if vol not in claims:
+        fail(f"the volume {vol!r} at IMCF_SPOOL_DIR is not a volumeClaimTemplate of the StatefulSet")
+        return
+    if vol in pod_volumes:
+        fail(f"the pod also defines a volume {vol!r}, which would shadow the claim of the same name")
+    claim = claims[vol]["spec"]
+    if not set(claim.get("accessModes", [])) & {"ReadWriteOnce", "ReadWriteOncePod"}:
+        fail(f"spool claim accessModes {claim.get('accessModes')}: one pod's spool is ReadWriteOnce(Pod)")
+    size = spool_bytes_of(claim.get("resources", {}).get("requests", {}).get("storage", "0"))
+    max_bytes = int(env_cm.get("IMCF_SPOOL_MAX_BYTES", 1 << 30))
+    if size <= max_bytes:
+        fail(f"spool claim requests {size} bytes, not more than IMCF_SPOOL_MAX_BYTES {max_bytes}: "
+             "the volume fills before the spool's own limit")
+    policy = wl["spec"].get("persistentVolumeClaimRetentionPolicy", {})
+    if "Delete" in (policy.get("whenScaled"), policy.get("whenDeleted")):
+        fail(f"persistentVolumeClaimRetentionPolicy {policy} deletes spools that may hold acknowledged events")
+    if wl["spec"].get("serviceName") != svc["metadata"]["name"]:
+        fail(f"StatefulSet serviceName {wl['spec'].get('serviceName')!r} is not the rendered Service")
+    if hpas:
+        fail("the disk-spool StatefulSet must not be autoscaled: scaling down parks the removed pods' spools")
+    if not failures:
+        ok(f"StatefulSet: claim {vol!r} ({claim['resources']['requests']['storage']}, "
+           f"{'/'.join(claim['accessModes'])}) mounted at IMCF_SPOOL_DIR {spool_dir}, IMCF_DURABILITY=disk, "
+           f"volume > IMCF_SPOOL_MAX_BYTES {max_bytes}, claims retained, read-only root filesystem")
+
+
+def compare_with_base(docs, base_docs, wl, cm):
+    """The overlay's pod is the base's pod plus the spool volume; the rest of the base is kept as is."""
+    import copy
+    base_wl = [d for d in base_docs if d["kind"] in ("Deployment", "StatefulSet")][0]
+    base_cm = next(d for d in base_docs if d["kind"] == "ConfigMap")
+
+    def normalised(w, configmap_name):
+        t = copy.deepcopy(w["spec"]["template"])
+        claims = {v["metadata"]["name"] for v in w["spec"].get("volumeClaimTemplates", [])}
+        for ctr in t["spec"]["containers"]:
+            ctr["volumeMounts"] = [m for m in ctr.get("volumeMounts", []) if m["name"] not in claims]
+            for e in ctr.get("envFrom", []):
+                if e.get("configMapRef", {}).get("name") == configmap_name:
+                    e["configMapRef"]["name"] = "<generated ConfigMap>"
+        return t
+
+    a, b = normalised(base_wl, base_cm["metadata"]["name"]), normalised(wl, cm["metadata"]["name"])
+    if a != b:
+        diffs = sorted(k for k in set(a["spec"]) | set(b["spec"]) if a["spec"].get(k) != b["spec"].get(k))
+        ca, cb = a["spec"]["containers"][0], b["spec"]["containers"][0]
+        cdiffs = sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
+        fail(f"the {wl['kind']}'s pod differs from the base {base_wl['kind']}'s beyond the spool volume: "
+             f"pod spec {diffs}, container {cdiffs}, metadata {a['metadata'] != b['metadata']}")
+    else:
+        ok(f"the {wl['kind']}'s pod template is the base {base_wl['kind']}'s plus the spool volume")
+    changed = {k: (v, cm["data"].get(k)) for k, v in base_cm["data"].items() if cm["data"].get(k) != v}
+    if changed:
+        fail(f"the overlay changes base ConfigMap settings: {changed}")
+    else:
+        added = sorted(set(cm["data"]) - set(base_cm["data"]))
+        ok(f"ConfigMap: the base's settings plus {added}")
+    skip = {"Deployment", "StatefulSet", "HorizontalPodAutoscaler", "ConfigMap"}
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    base_rest = {key(d): d for d in base_docs if d["kind"] not in skip}
+    rest = {key(d): d for d in docs if d["kind"] not in skip}
+    if base_rest != rest:
+        fail(f"the overlay changes other base resources: {sorted(k for k in set(base_rest) | set(rest) if base_rest.get(k) != rest.get(k))}")
+    else:
+        ok(f"the other {len(rest)} resources are the base's, unchanged")
+
+
+# ---------------------------------------------------------------- Dockerfile, compose
+
+DOCKERFILE = os.path.join(ROOT, "deploy/Dockerfile")
+# Every flag's environment variable (SPEC "Command line" + "ADDED"), plus the log filter.
+# `check-env --bin` compares it, both ways, with the binary's --help.
+IMCF_ENV = {
+    "IMCF_LISTEN", "IMCF_ADMIN_LISTEN", "IMCF_SDK_APP_ID", "IMCF_CALLBACK_TOKEN", "IMCF_CALLBACK_PATH",
+    "IMCF_KAFKA_BROKERS", "IMCF_TOPIC", "IMCF_DEAD_LETTER_TOPIC", "IMCF_KAFKA_PROPERTY", "IMCF_MAX_BODY_BYTES",
+    "IMCF_SHUTDOWN_TIMEOUT", "IMCF_LOG_FORMAT", "IMCF_DEV", "IMCF_LOG",
+    "IMCF_APP", "IMCF_APPS_FILE", "IMCF_CALLBACK_TOKEN_FILE", "IMCF_ALLOW_CIDR", "IMCF_TRUSTED_PROXY",
+    "IMCF_ROUTE", "IMCF_UNROUTED", "IMCF_REFUSE_BEFORE_CALLBACKS", "IMCF_HEADER_READ_TIMEOUT",
+    "IMCF_BODY_READ_TIMEOUT", "IMCF_KEEP_ALIVE_TIMEOUT", "IMCF_MAX_CONNECTIONS", "IMCF_HTTP2",
+    "IMCF_MAX_CLOCK_SKEW", "IMCF_DURABILITY", "IMCF_SPOOL_DIR", "IMCF_SPOOL_MAX_BYTES",
+}
+
+
+def cmd_check_env(args):
+    """check-env --bin BINARY: IMCF_ENV == the variables the binary's --help names (+ IMCF_LOG)."""
+    import subprocess
+    if len(args) != 2 or args[0] != "--bin":
+        print("usage: deploykit.py check-env --bin BINARY")
+        sys.exit(2)
+    help_text = subprocess.run([args[1], "--help"], check=True, capture_output=True, text=True).stdout
+    known = set(re.findall(r"\[env: (IMCF_[A-Z0-9_]+)", help_text)) | {"IMCF_LOG"}
+    for name in sorted(known - IMCF_ENV):
+        fail(f"the binary reads {name} (--help), which deploykit's IMCF_ENV lacks")
+    for name in sorted(IMCF_ENV - known):
+        fail(f"deploykit's IMCF_ENV has {name}, which the binary's --help does not name")
+    if not failures:
+        ok(f"IMCF_ENV is exactly the {len(known)} variables the binary reads (--help, plus the log filter IMCF_LOG)")
+# Runtime packages the binary needs beyond debian:bookworm-slim (ldd: libssl.so.3,
+# libcrypto.so.3 -> libssl3; TLS roots -> ca-certificates). zlib1g is in the base image
+# but is listed explicitly because the binary links libz.so.1.
+RUNTIME_PACKAGES = {"ca-certificates", "libssl3", "zlib1g"}
+
+
+def cmd_check_dockerfile(_args):
+    from dockerfile_parse import DockerfileParser
+    df = DockerfileParser(path=DOCKERFILE)
+    instr = df.structure
+    args = {}
+    for i in instr:
+        if i["instruction"] == "ARG" and "=" in i["value"]:
+            k, v = i["value"].split("=", 1)
+            args.setdefault(k, v)
+
+    def subst(s):
+        return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), s)
+
+    froms = [subst(i["value"]) for i in instr if i["instruction"] == "FROM"]
+    if len(froms) != 2 or not froms[0].startswith("rust:1.95-bookworm") or not froms[1].startswith("debian:bookworm-slim"):
+        fail(f"expected stages FROM rust:1.95-bookworm ... and FROM debian:bookworm-slim, got {froms}")
+    runs = [i["value"] for i in instr if i["instruction"] == "RUN"]
+    if not any("cargo build --release --locked" in r for r in runs):
+        fail("no RUN with cargo build --release --locked")
+    runtime_start = max(n for n, i in enumerate(instr) if i["instruction"] == "FROM")
+    runtime = instr[runtime_start:]
+    installed = set()
+    for i in runtime:
+        if i["instruction"] == "RUN" and "apt-get install" in i["value"]:
+            installed |= set(re.findall(r"(?<![-\w])([a-z0-9][a-z0-9.+-]+)", i["value"].split("apt-get install", 1)[1].split("&&")[0]))
+    if not RUNTIME_PACKAGES <= installed:
+        fail(f"runtime stage does not install {sorted(RUNTIME_PACKAGES - installed)}")
+    users = [i["value"] for i in runtime if i["instruction"] == "USER"]
+    if not users or not re.fullmatch(r"[1-9][0-9]*(:[1-9][0-9]*)?", users[-1].strip()):
+        fail(f"runtime must end with a numeric non-root USER, got {users}")
+    labels = df.labels
+    for key in ("title", "description", "licenses", "version", "revision", "created"):
+        if f"org.opencontainers.image.{key}" not in labels:
+            fail(f"missing LABEL org.opencontainers.image.{key}")
+    exposed = set(" ".join(i["value"] for i in runtime if i["instruction"] == "EXPOSE").split())
+    if exposed != {"8080", "9090"}:
+        fail(f"EXPOSE must be 8080 9090, got {sorted(exposed)}")
+    entry = [i["value"] for i in runtime if i["instruction"] == "ENTRYPOINT"]
+    if not entry or "im-callback-forwarder" not in entry[-1]:
+        fail("ENTRYPOINT does not run im-callback-forwarder")
+    if not failures:
+        ok(f"Dockerfile: {froms[0]} -> {froms[1]}, cargo build --release --locked, USER {users[-1]}, "
+           f"EXPOSE 8080 9090, OCI labels, runtime packages {sorted(RUNTIME_PACKAGES)}")
+
+
+def cmd_check_compose(args):
+    cfg = load_yaml(args[0])
+    services = cfg.get("services", {})
+    for name in ("kafka", "kafka-init", "forwarder", "prometheus", "grafana"):
+        if name not in services:
+            fail(f"compose has no service {name}")
+    if failures:
+        return
+    kafka, init, fwd, prom, graf = (services[n] for n in ("kafka", "kafka-init", "forwarder", "prometheus", "grafana"))
+    if not str(kafka.get("image", "")).startswith("apache/kafka:"):
+        fail("kafka must use the apache/kafka image")
+    kenv = kafka.get("environment", {})
+    if "controller" not in str(kenv.get("KAFKA_PROCESS_ROLES", "")) or "broker" not in str(kenv.get("KAFKA_PROCESS_ROLES", "")):
+        fail("kafka must run KRaft combined broker,controller")
+    env = fwd.get("environment", {})
+    unknown = set(env) - IMCF_ENV
+    if unknown:
+        fail(f"forwarder environment has unknown variables {sorted(unknown)}")
+    build = fwd.get("build", {})
+    if os.path.relpath(os.path.join(build.get("context", ""), build.get("dockerfile", "")), ROOT) != "deploy/Dockerfile":
+        fail(f"forwarder must build deploy/Dockerfile with the repository root as context, got {build}")
+    topics = {env.get("IMCF_TOPIC", "im.group.send-msg-exception")}
+    topics.add(env.get("IMCF_DEAD_LETTER_TOPIC", next(iter(topics)) + ".dead-letter"))
+    script = " ".join(map(str, (init.get("command") or []) + (init.get("entrypoint") or [])))
+    for t in topics:
+        if t not in script:
+            fail(f"kafka-init does not create topic {t}")
+    if "/opt/kafka/bin/kafka-topics.sh" not in script or init.get("image") != kafka.get("image"):
+        fail("kafka-init must run the kafka image's /opt/kafka/bin/kafka-topics.sh")
+    if fwd.get("depends_on", {}).get("kafka-init", {}).get("condition") != "service_completed_successfully":
+        fail("forwarder must wait for kafka-init to complete")
+    broker_host = env.get("IMCF_KAFKA_BROKERS", "").split(",")[0].split(":")[0]
+    if broker_host != "kafka" or "kafka:9092" not in str(kenv.get("KAFKA_ADVERTISED_LISTENERS")):
+        fail("IMCF_KAFKA_BROKERS must point at the kafka service's advertised listener")
+    admin_port = env.get("IMCF_ADMIN_LISTEN", "0.0.0.0:9090").rsplit(":", 1)[1]
+    # Prometheus: mounts deploy/prometheus, and scrapes the forwarder's admin port.
+    mounts = {os.path.relpath(v["source"], ROOT): v["target"] for v in prom.get("volumes", []) if v.get("type") == "bind"} \
+        if prom.get("volumes") and isinstance(prom["volumes"][0], dict) else \
+        {os.path.relpath(v.split(":")[0], ROOT): v.split(":")[1] for v in prom.get("volumes", []) if v.startswith(("/", "."))}
+    if mounts.get("deploy/prometheus") != "/etc/prometheus":
+        fail(f"prometheus must mount deploy/prometheus at /etc/prometheus, got {mounts}")
+    pcfg = load_yaml(os.path.join(ROOT, "deploy/prometheus/prometheus.yml"))
+    job = [j for j in pcfg["scrape_configs"] if j["job_name"] == "im-callback-forwarder"]
+    targets = [t for j in job for s in j.get("static_configs", []) for t in s["targets"]]
+    if targets != [f"forwarder:{admin_port}"]:
+        fail(f"prometheus.yml must scrape forwarder:{admin_port} as job im-callback-forwarder, got {targets}")
+    if "alerts.yml" not in pcfg.get("rule_files", []):
+        fail("prometheus.yml does not load alerts.yml")
+    # Grafana: provisioning and dashboards mounted where the provider looks.
+    gm = {os.path.relpath(v["source"], ROOT): v["target"] for v in graf.get("volumes", []) if isinstance(v, dict) and v.get("type") == "bind"} \
+        or {os.path.relpath(v.split(":")[0], ROOT): v.split(":")[1] for v in graf.get("volumes", []) if isinstance(v, str) and v.startswith(("/", "."))}
+    provider = load_yaml(os.path.join(ROOT, "deploy/grafana/provisioning/dashboards/im-callback-forwarder.yml"))
+    dpath = provider["providers"][0]["options"]["path"]
+    if gm.get("deploy/grafana/provisioning") != "/etc/grafana/provisioning" or gm.get("deploy/grafana/dashboards") != dpath:
+        fail(f"grafana must mount deploy/grafana/provisioning at /etc/grafana/provisioning and the dashboards at {dpath}, got {gm}")
+    ds = load_yaml(os.path.join(ROOT, "deploy/grafana/provisioning/datasources/prometheus.yml"))["datasources"][0]
+    if ds["url"] != "http://prometheus:9090" or ds["type"] != "prometheus":
+        fail(f"grafana datasource must be http://prometheus:9090, got {ds['url']}")
+    home = graf.get("environment", {}).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "")
+    if home and os.path.basename(home) not in os.listdir(os.path.join(ROOT, "deploy/grafana/dashboards")):
+        fail(f"GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH {home} is not a provisioned dashboard")
+    hc = " ".join(map(str, fwd.get("healthcheck", {}).get("test", [])))
+    if f"/dev/tcp/127.0.0.1/{admin_port}" not in hc or "/readyz" not in hc:
+        fail("forwarder healthcheck must ask /readyz on the admin port")
+    # Disk durability: the spool is a named volume at IMCF_SPOOL_DIR, and the image creates that
+    # directory owned by its USER (a new named volume copies the owner; the root fs is read-only).
+    spool_dir = env.get("IMCF_SPOOL_DIR")
+    if env.get("IMCF_DURABILITY", "memory") == "disk" and not spool_dir:
+        fail("IMCF_DURABILITY=disk needs IMCF_SPOOL_DIR")
+    if spool_dir:
+        named = {}
+        for v in fwd.get("volumes", []):
+            if isinstance(v, dict):
+                if v.get("type") == "volume":
+                    named[v["target"].rstrip("/")] = v.get("source")
+            elif not v.startswith(("/", ".")) and ":" in v:
+                named[v.split(":")[1].rstrip("/")] = v.split(":")[0]
+        vol = named.get(spool_dir.rstrip("/"))
+        if not vol or vol not in (cfg.get("volumes") or {}):
+            fail(f"IMCF_SPOOL_DIR {spool_dir} is not a named volume of the forwarder (got {named}): "
+                 "the spool must outlive the container")
+        runtime = open(DOCKERFILE).read().split("AS runtime", 1)[-1]
+        if not re.search(r"install -d -o 10001 -g 10001 (?:-m \d+ )?" + re.escape(spool_dir.rstrip("/")) + r"\b", runtime):
+            fail(f"deploy/Dockerfile's runtime stage must create {spool_dir} owned by 10001:10001 (install -d -o 10001 -g 10001)")
+    grace = fwd.get("stop_grace_period", "10s")
+    if int(str(grace).rstrip("s")) <= int(env.get("IMCF_SHUTDOWN_TIMEOUT", 30)):
+        fail(f"forwarder stop_grace_period {grace} must exceed IMCF_SHUTDOWN_TIMEOUT")
+    if not failures:
+        ok(f"compose: KRaft kafka, topics {sorted(topics)} created before the forwarder, Prometheus scrapes "
+           f"forwarder:{admin_port} with alerts.yml, Grafana provisioned (datasource + dashboard)"
+           + (f", spool {spool_dir} on a named volume ({env.get('IMCF_DURABILITY', 'memory')} durability)" if spool_dir else ""))
+
+
+# ---------------------------------------------------------------- self-test
+
+def cmd_selftest(args):
+    """Each check must catch a seeded mistake, or its 'ok' proves nothing."""
+    global failures, ALERTS_TEST
+    import contextlib
+    import copy
+    import io
+    import tempfile
+    rendered, compose = args[0], args[1]
+    disk = args[2] if len(args) > 2 else None
+    tmp = tempfile.mkdtemp()
+    n = [0]
+
+    def caught(label, fn, *fargs):
+        global failures
+        saved, failures = failures, []
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                fn(*fargs)
+            except Exception as e:  # a crash on bad input also counts as caught, but say so
+                failures.append(f"raised {type(e).__name__}: {e}")
+        got, failures = failures, saved
+        if got:
+            ok(f"catches {label}: {got[0][:110]}")
+        else:
+            fail(f"does NOT catch {label}")
+
+    def dump_docs(docs):
+        n[0] += 1
+        path = os.path.join(tmp, f"mut{n[0]}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+        return path
+
+    base = load_yaml_all(rendered)
+
+    def mutate(kind, fn):
+        docs = copy.deepcopy(base)
+        fn(next(d for d in docs if d["kind"] == kind))
+        return dump_docs(docs)
+
+    for label, expr in (("an unknown metric", "rate(imcf_callback_total[5m])"),
+                        ("an unknown outcome value", 'imcf_callbacks_total{outcome=~"accepted|bad_signature"}'),
+                        ("a PromQL syntax error", "sum(rate(imcf_callbacks_total[5m])"),
+                        ("a bare histogram name", "imcf_ack_duration_seconds > 1"),
+                        ("an unknown spooled reason", 'imcf_spooled_total{reason="disk_full"}'),
+                        ("a refusal regex counting a 200 outcome as refused",
+                         'imcf_callbacks_total{outcome!~"accepted|routed|ignored|replayed"}')):
+        caught(label, check_expr, "selftest", expr, set())
+
+    def c0(d):
+        return d["spec"]["template"]["spec"]["containers"][0]
+    k8s = [
+        ("a grace period not longer than preStop + shutdown timeout",
+         mutate("Deployment", lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=35))),
+        ("a writable root filesystem", mutate("Deployment", lambda d: c0(d)["securityContext"].update(readOnlyRootFilesystem=False))),
+        ("a misspelt Deployment field (schema, strict)", mutate("Deployment", lambda d: c0(d).update(readinesProbe=c0(d).pop("readinessProbe")))),
+        ("liveness on the wrong path", mutate("Deployment", lambda d: c0(d)["livenessProbe"]["httpGet"].update(path="/readyz"))),
+        ("an Ingress exposing every path", mutate("Ingress", lambda d: d["spec"]["rules"][0]["http"]["paths"][0].update(path="/", pathType="Prefix"))),
+        ("an Ingress to the admin port", mutate("Ingress", lambda d: d["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"].update(port={"name": "admin"}))),
+        ("the admin port open to every namespace", mutate("NetworkPolicy", lambda d: d["spec"]["ingress"][1].pop("from"))),
+        ("a ServiceMonitor on the callback port", mutate("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(port="callback"))),
+        ("a PrometheusRule that drifted from alerts.yml", mutate("PrometheusRule", lambda d: d["spec"]["groups"][1]["rules"][0].update({"for": "10m"}))),
+        ("a Service selecting no pod", mutate("Service", lambda d: d["spec"]["selector"].update(extra="x"))),
+    ]
+    for label, path in k8s:
+        caught(label, cmd_validate_k8s, [path])
+    caught("IMCF_DURABILITY=disk in the Deployment (no volume kept per pod)",
+           cmd_validate_k8s, [mutate("ConfigMap", lambda d: d["data"].update(IMCF_DURABILITY="disk", IMCF_SPOOL_DIR="/tmp"))])
+
+    if disk:
+        dbase = load_yaml_all(disk)
+
+        def dmutate(kind, fn):
+            docs = copy.deepcopy(dbase)
+            fn(next(d for d in docs if d["kind"] == kind))
+            return dump_docs(docs)
+
+        def sts_c0(d):
+            return d["spec"]["template"]["spec"]["containers"][0]
+
+        def claim(d):
+            return d["spec"]["volumeClaimTemplates"][0]["spec"]
+        disk_cases = [
+            ("a StatefulSet without the spool mounted at IMCF_SPOOL_DIR",
+             dmutate("StatefulSet", lambda d: sts_c0(d).update(volumeMounts=[m for m in sts_c0(d)["volumeMounts"] if m["name"] != "spool"]))),
+            ("the spool at another path than IMCF_SPOOL_DIR",
+             dmutate("ConfigMap", lambda d: d["data"].update(IMCF_SPOOL_DIR="/var/lib/imcf"))),
+            ("the StatefulSet running IMCF_DURABILITY=memory", dmutate("ConfigMap", lambda d: d["data"].update(IMCF_DURABILITY="memory"))),
+            ("a spool volume smaller than IMCF_SPOOL_MAX_BYTES", dmutate("StatefulSet", lambda d: claim(d)["resources"]["requests"].update(storage="512Mi"))),
+            ("spool claims deleted on scale-down",
+             dmutate("StatefulSet", lambda d: d["spec"].update(persistentVolumeClaimRetentionPolicy={"whenDeleted": "Retain", "whenScaled": "Delete"}))),
+            ("a writable root filesystem in the StatefulSet", dmutate("StatefulSet", lambda d: sts_c0(d)["securityContext"].update(readOnlyRootFilesystem=False))),
+            ("a StatefulSet pod that drifted from the base's (probe)",
+             dmutate("StatefulSet", lambda d: sts_c0(d)["readinessProbe"].update(periodSeconds=30))),
+            ("a StatefulSet with the base image not rewritten", dmutate("StatefulSet", lambda d: sts_c0(d).update(image="im-callback-forwarder"))),
+        ]
+        for label, path in disk_cases:
+            caught(f"disk-spool overlay: {label}", cmd_validate_k8s, [path, "--base", rendered])
+
+    # check-metrics: the catalogue's own exposition passes; each kind of drift is caught.
+    good = catalogue_exposition()
+    saved, failures = failures, []
+    compare_catalogue(parse_exposition(good), "selftest")
+    got, failures = failures, saved
+    if got:
+        fail(f"check-metrics rejects the catalogue's own exposition: {got[0]}")
+    else:
+        ok("check-metrics accepts an exposition that matches the catalogue")
+
+    def drift(fn):
+        return lambda: compare_catalogue(parse_exposition(fn(good)), "selftest")
+
+    for label, fn in (
+            ("a metric the catalogue lacks", lambda t: t + "# TYPE imcf_new_thing_total counter\nimcf_new_thing_total 0\n"),
+            ("a catalogue metric not exported", lambda t: re.sub(r"(?m)^(# TYPE )?imcf_replayed_total.*\n", "", t)),
+            ("an outcome value the catalogue lacks", lambda t: t + 'imcf_callbacks_total{outcome="brand_new"} 0\n'),
+            ("a catalogue outcome not exported", lambda t: t.replace('imcf_callbacks_total{outcome="spool_full"} 0\n', "")),
+            ("a spooled reason not exported", lambda t: t.replace('imcf_spooled_total{reason="shutdown"} 0\n', "")),
+            ("a changed metric type", lambda t: t.replace("# TYPE imcf_spool_events gauge", "# TYPE imcf_spool_events counter")),
+            ("an extra label", lambda t: t.replace("imcf_events_lost_total 0", 'imcf_events_lost_total{topic="x"} 0'))):
+        caught(f"drift: {label}", drift(fn))
+
+    tests = load_yaml(ALERTS_TEST)
+    for t in tests["tests"]:
+        t["alert_rule_test"] = [c for c in t["alert_rule_test"] if not (c["alertname"] == "ImcfDeadLetters" and not c["exp_alerts"])]
+    path = os.path.join(tmp, "alerts_test.yml")
+    with open(path, "w") as f:
+        yaml.safe_dump(tests, f)
+    real, ALERTS_TEST = ALERTS_TEST, path
+    caught("an alert without a quiet test case", cmd_check_rule_tests, [])
+    ALERTS_TEST = real
+
+    cbase = load_yaml(compose)
+    for label, fn in (("an unknown IMCF_ variable", lambda c: c["services"]["forwarder"]["environment"].update(IMCF_LISTN="x")),
+                      ("a topic kafka-init does not create", lambda c: c["services"]["forwarder"]["environment"].update(IMCF_TOPIC="other")),
+                      ("a forwarder that does not wait for topic creation", lambda c: c["services"]["forwarder"].pop("depends_on")),
+                      ("a spool not on a named volume", lambda c: c["services"]["forwarder"].pop("volumes", None)),
+                      ("disk durability without a spool dir", lambda c: c["services"]["forwarder"]["environment"].pop("IMCF_SPOOL_DIR"))):
+        c = copy.deepcopy(cbase)
+        fn(c)
+        path = os.path.join(tmp, "compose.yml")
+        with open(path, "w") as f:
+            yaml.safe_dump(c, f)
+        caught(label, cmd_check_compose, [path])
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__)
+        sys.exit(2)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    commands = {
+        "gen-prometheusrule": cmd_gen_prometheusrule,
+        "check-rule-tests": cmd_check_rule_tests,
+        "check-queries": cmd_check_queries,
+        "dashboard-rules": cmd_dashboard_rules,
+        "dashboard-queries": cmd_dashboard_queries,
+        "validate-k8s": cmd_validate_k8s,
+        "check-dockerfile": cmd_check_dockerfile,
+        "check-compose": cmd_check_compose,
+        "selftest": cmd_selftest,
+        "check-metrics": cmd_check_metrics,
+        "check-env": cmd_check_env,
+        "catalogue": lambda _a: print("\n".join(f"{n} {t}" for n, (t, _l) in CATALOGUE.items())),
+    }
+    if cmd not in commands:
+        print(__doc__)
+        sys.exit(2)
+    commands[cmd](args)
+    finish()
+
+
+if __name__ == "__main__":
+    main()
