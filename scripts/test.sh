@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 tools="${IMCF_TOOLS_DIR:-$HOME/.cache/imcf-tools}"
 tansu_version="0.6.0"
+# tansu's in-memory storage engine (memory://) is behind its `dynostore` feature.
+tansu_root="$tools/tansu-$tansu_version-dynostore"
 
 # rdkafka builds librdkafka from source and links the system's OpenSSL.
 if ! pkg-config --exists openssl 2>/dev/null; then
@@ -19,11 +21,11 @@ fi
 
 # The tests start their own brokers from this binary.
 if [ -z "${TANSU_BIN:-}" ]; then
-  if [ ! -x "$tools/bin/tansu" ] || ! "$tools/bin/tansu" --version 2>/dev/null | grep -q "$tansu_version"; then
-    echo "scripts/test.sh: installing tansu $tansu_version into $tools (about 12 minutes, once)" >&2
-    cargo install tansu --locked --version "$tansu_version" --root "$tools"
+  if [ ! -x "$tansu_root/bin/tansu" ] || ! "$tansu_root/bin/tansu" --version 2>/dev/null | grep -q "$tansu_version"; then
+    echo "scripts/test.sh: installing tansu $tansu_version into $tansu_root (about 12 minutes, once)" >&2
+    cargo install tansu --locked --version "$tansu_version" --features dynostore --root "$tansu_root"
   fi
-  TANSU_BIN="$tools/bin/tansu"
+  TANSU_BIN="$tansu_root/bin/tansu"
 fi
 export TANSU_BIN
 

@@ -6,7 +6,8 @@ mod command;
 mod envelope;
 mod error;
 mod event;
-// TEMP-DISABLED until proptest is a dev-dependency: #[cfg(test)] mod proptests;
+#[cfg(test)]
+mod proptests;
 mod query;
 mod route;
 mod sign;

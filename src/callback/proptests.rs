@@ -643,9 +643,8 @@ impl CallbackInput {
     }
 }
 
+// Cases per property: proptest's default (256), or PROPTEST_CASES for a longer run.
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
-
     #[test]
     fn arbitrary_bytes_never_panic(query in any_query(), body in prop::collection::vec(any::<u8>(), 0..256)) {
         check_request(&query, &body, NOW);

@@ -1,0 +1,425 @@
+//! Fault tests (issue 3): brokers that are down, die, time out or misbehave, forwarders that are stopped or
+//! killed, spools that fill up or get damaged. Each test counts the distinct event ids acknowledged over HTTP
+//! against those read back from the topic and asserts that none is missing; duplicates are allowed.
+//!
+//! Each test has its own broker (tansu, or librdkafka's mock cluster), forwarder and spool directory, sends a
+//! few hundred callbacks and is bounded by timeouts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use serde_json::Value;
+
+use common::faults::{
+    checkpoint_and_kill, consume_acked, consume_until, labelled, mock_cluster, read_spool_frames, send_callbacks,
+    spool_segments, sum_series, Consumed, Load, Proc, Tally, Tansu, FAST_KAFKA, FRAME_HEADER_LEN, NO_IDEMPOTENCE,
+    TOPIC,
+};
+use common::forwarder::log_field;
+use common::metrics::Metrics;
+use common::Checks;
+// tests/common/mod.rs re-exports the harness's `Forwarder`; these tests need a pid to signal and use `Proc`.
+#[allow(unused_imports)]
+use common::Forwarder as _;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(40);
+const CONSUME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `FAST_KAFKA` followed by `extra`.
+fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    FAST_KAFKA.iter().copied().chain(extra.iter().copied()).collect()
+}
+
+/// `FAST_KAFKA`, [`NO_IDEMPOTENCE`] (the broker will be restarted), then `extra`.
+fn restart_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    FAST_KAFKA.iter().chain(NO_IDEMPOTENCE).copied().chain(extra.iter().copied()).collect()
+}
+
+/// A new spool directory, and its path as a flag value.
+fn spool_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("spool tempdir");
+    let path = dir.path().to_str().expect("UTF-8 temp path").to_string();
+    (dir, path)
+}
+
+/// Asserts that every acknowledged event id was read back (duplicates allowed), naming a few missing ones.
+fn assert_all_delivered(case: &str, tally: &Tally, consumed: &Consumed) {
+    let missing = consumed.missing(&tally.acked);
+    let duplicates: usize = tally.acked.iter().filter_map(|id| consumed.counts.get(id)).map(|n| n - 1).sum();
+    eprintln!(
+        "{case}: sent {}, acknowledged {}, refused {:?}, no answer {}; read {} records: {} acknowledged missing, \
+         {duplicates} duplicates",
+        tally.sent,
+        tally.acked.len(),
+        tally.refused,
+        tally.transport_errors,
+        consumed.records,
+        missing.len(),
+    );
+    assert!(
+        missing.is_empty(),
+        "{case}: {} of {} acknowledged events missing from {TOPIC} ({} records read, {} sent, refusals {:?}, \
+         {} without answer); first missing: {:?}",
+        missing.len(),
+        tally.acked.len(),
+        consumed.records,
+        tally.sent,
+        tally.refused,
+        tally.transport_errors,
+        &missing[..missing.len().min(5)],
+    );
+}
+
+/// The acknowledged ids that `before` does not hold.
+fn not_yet_read(tally: &Tally, before: &Consumed) -> BTreeSet<String> {
+    tally.acked.iter().filter(|id| !before.counts.contains_key(*id)).cloned().collect()
+}
+
+/// Common end checks on a drained forwarder: nothing lost or left behind.
+fn check_drained(checks: &mut Checks, who: &str, metrics: &Metrics) {
+    checks.eq(
+        &format!("{who}: imcf_kafka_queue_events after draining"),
+        metrics.get("imcf_kafka_queue_events"),
+        Some(0.0),
+    );
+    checks.eq(&format!("{who}: imcf_events_lost_total"), metrics.get("imcf_events_lost_total"), Some(0.0));
+    if let Some(spooled) = metrics.get("imcf_spool_events") {
+        checks.eq(&format!("{who}: imcf_spool_events after draining"), spooled, 0.0);
+    }
+}
+
+/// A log field as an integer.
+fn field_u64(line: &Value, name: &str) -> Option<u64> {
+    log_field(line, name).and_then(Value::as_u64)
+}
+
+#[test]
+fn broker_down_at_startup_then_up_delivers_everything() {
+    let mut broker = Tansu::reserve();
+    let (_spool, spool_path) = spool_dir();
+    let fwd = Proc::start("forwarder", &broker.addr, &flags(&["--spool-dir", &spool_path]));
+    assert_ne!(fwd.readyz().0, 200, "/readyz without a broker");
+
+    let load = Load::start(&fwd.callback_url(), "down-at-start", 2, 100, 3000);
+    load.wait_acked(150, Duration::from_secs(15));
+    let acked_while_down = load.acked_count();
+    broker.start_with_topics();
+    fwd.wait_ready(READY_TIMEOUT);
+    load.wait_acked(150, Duration::from_secs(15));
+    let tally = load.stop();
+
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&broker.addr, &tally.acked, CONSUME_TIMEOUT);
+    assert!(acked_while_down >= 150, "only {acked_while_down} callbacks acknowledged while the broker was down");
+    assert_all_delivered("broker down at startup", &tally, &consumed);
+    let mut checks = Checks::default();
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn broker_killed_mid_stream_and_restarted_delivers_everything() {
+    let mut broker = Tansu::with_topics();
+    // The default durability (memory, no spool): an outage shorter than message.timeout.ms.
+    let fwd = Proc::start("forwarder", &broker.addr, &restart_flags(&[]));
+    fwd.wait_ready(READY_TIMEOUT);
+
+    let load = Load::start(&fwd.callback_url(), "bounce", 2, 100, 5000);
+    load.wait_acked(200, Duration::from_secs(15));
+    let before = checkpoint_and_kill(&fwd, &mut broker);
+    let at_kill = load.acked_count();
+    std::thread::sleep(Duration::from_secs(2));
+    let acked_while_down = load.acked_count() - at_kill;
+    broker.start_with_topics();
+    load.wait_acked(200, Duration::from_secs(15));
+    let tally = load.stop();
+
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let rest = not_yet_read(&tally, &before);
+    let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
+    consumed.merge(&before);
+    assert!(before.counts.len() >= 100, "only {} events read before the kill", before.counts.len());
+    assert!(acked_while_down > 0, "no callback acknowledged while the broker was down");
+    assert_all_delivered("broker killed and restarted", &tally, &consumed);
+    let mut checks = Checks::default();
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn outage_longer_than_the_message_timeout_is_delivered_from_the_spool() {
+    let mut broker = Tansu::with_topics();
+    let (_spool, spool_path) = spool_dir();
+    let fwd = Proc::start(
+        "forwarder",
+        &broker.addr,
+        &restart_flags(&["--spool-dir", &spool_path, "-X", "message.timeout.ms=2000"]),
+    );
+    fwd.wait_ready(READY_TIMEOUT);
+
+    let load = Load::start(&fwd.callback_url(), "long-outage", 2, 100, 5000);
+    load.wait_acked(100, Duration::from_secs(15));
+    let before = checkpoint_and_kill(&fwd, &mut broker);
+    // Twice message.timeout.ms: records queued at the start of the outage fail and go to the spool.
+    std::thread::sleep(Duration::from_secs(4));
+    let spooled = common::metrics::scrape_until(
+        &fwd.admin_addr,
+        "imcf_spooled_total{reason=\"delivery_failed\"}",
+        Duration::from_secs(5),
+        |v| v > 0.0,
+    );
+    broker.start_with_topics();
+    load.wait_acked(100, Duration::from_secs(15));
+    let tally = load.stop();
+
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let rest = not_yet_read(&tally, &before);
+    let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
+    consumed.merge(&before);
+    assert_all_delivered("outage longer than message.timeout.ms", &tally, &consumed);
+    let mut checks = Checks::default();
+    let failed = labelled(&spooled, "imcf_spooled_total", "reason", "delivery_failed");
+    checks.check(failed > 0.0, || {
+        format!("imcf_spooled_total{{reason=\"delivery_failed\"}} = {failed} during the outage")
+    });
+    let replayed = metrics.get("imcf_replayed_total").unwrap_or(0.0);
+    checks.check(replayed > 0.0, || format!("imcf_replayed_total = {replayed} after the outage"));
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn sigterm_while_kafka_is_down_spools_and_the_next_start_delivers() {
+    let mut broker = Tansu::with_topics();
+    let (_spool, spool_path) = spool_dir();
+    let spool_flags = ["--spool-dir", spool_path.as_str(), "--shutdown-timeout", "2"];
+    let mut first = Proc::start("first forwarder", &broker.addr, &restart_flags(&spool_flags));
+    first.wait_ready(READY_TIMEOUT);
+
+    let load = Load::start(&first.callback_url(), "sigterm", 2, 100, 5000);
+    load.wait_acked(100, Duration::from_secs(15));
+    let before = checkpoint_and_kill(&first, &mut broker);
+    load.wait_acked(100, Duration::from_secs(15));
+    first.signal(libc::SIGTERM);
+    let status = first.wait_exit(Duration::from_secs(30));
+    let tally = load.stop();
+    let done = first
+        .wait_log("shutdown complete", Duration::from_secs(1))
+        .unwrap_or_else(|| panic!("no \"shutdown complete\" line:\n{}", first.output.all_text()));
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    let spooled = field_u64(&done, "spooled").unwrap_or(0);
+    eprintln!("SIGTERM while Kafka is down: {done}");
+    assert!(spooled > 0, "shutdown with Kafka down spooled nothing: {done}");
+
+    broker.start_with_topics();
+    let second = Proc::start("second forwarder", &broker.addr, &restart_flags(&spool_flags));
+    let metrics = second.wait_drained(DRAIN_TIMEOUT);
+    let rest = not_yet_read(&tally, &before);
+    let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
+    consumed.merge(&before);
+    assert_all_delivered("SIGTERM while Kafka is down, then a restart", &tally, &consumed);
+    let mut checks = Checks::default();
+    let recovered = second.wait_log("spool recovered; records queued for replay", Duration::ZERO);
+    checks.check(recovered.as_ref().and_then(|l| field_u64(l, "records")).is_some_and(|n| n >= spooled), || {
+        format!("second forwarder's recovery line {recovered:?}, first spooled {spooled}")
+    });
+    let replayed = metrics.get("imcf_replayed_total").unwrap_or(0.0);
+    checks.check(replayed >= spooled as f64, || format!("imcf_replayed_total = {replayed}, spooled {spooled}"));
+    check_drained(&mut checks, "second forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn kill_9_in_disk_mode_loses_nothing() {
+    let mut broker = Tansu::with_topics();
+    let (_spool, spool_path) = spool_dir();
+    let disk = ["--durability", "disk", "--spool-dir", spool_path.as_str()];
+    let mut first = Proc::start("first forwarder", &broker.addr, &restart_flags(&disk));
+    first.wait_ready(READY_TIMEOUT);
+
+    let load = Load::start(&first.callback_url(), "kill9", 3, 100, 5000);
+    load.wait_acked(150, Duration::from_secs(15));
+    // With the broker gone, what is acknowledged from here on exists only in the spool.
+    let before = checkpoint_and_kill(&first, &mut broker);
+    load.wait_acked(150, Duration::from_secs(15));
+    first.kill9();
+    let tally = load.stop();
+
+    broker.start_with_topics();
+    let second = Proc::start("second forwarder", &broker.addr, &restart_flags(&disk));
+    let metrics = second.wait_drained(DRAIN_TIMEOUT);
+    let rest = not_yet_read(&tally, &before);
+    let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
+    consumed.merge(&before);
+    assert!(rest.len() >= 150, "only {} acknowledged events were not in Kafka at the kill", rest.len());
+    assert_all_delivered("kill -9 in disk mode, then a restart", &tally, &consumed);
+    let mut checks = Checks::default();
+    check_drained(&mut checks, "second forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn a_full_spool_refuses_with_503_and_loses_nothing_acknowledged() {
+    // The mock cluster keeps metadata (and so readiness) healthy while the partition has no leader: records
+    // can only pile up in the spool, and /readyz must blame the spool.
+    let cluster = mock_cluster(1);
+    let bootstrap = cluster.bootstrap_servers();
+    let (_spool, spool_path) = spool_dir();
+    let fwd = Proc::start(
+        "forwarder",
+        &bootstrap,
+        &flags(&["--durability", "disk", "--spool-dir", &spool_path, "--spool-max-bytes", "2097152"]),
+    );
+    fwd.wait_ready(READY_TIMEOUT);
+
+    cluster.partition_leader(TOPIC, 0, None).expect("leaderless partition");
+    // About 3.5 KB a record: the 2 MiB spool holds some 600.
+    let tally = send_callbacks(&fwd.callback_url(), "full", 1500, 3000, 20);
+    let refused_full = tally.refused_with(50301);
+    let during = fwd.scrape();
+    let readyz_full = fwd.readyz();
+
+    cluster.partition_leader(TOPIC, 0, Some(1)).expect("leader back");
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&bootstrap, &tally.acked, CONSUME_TIMEOUT);
+    assert!(refused_full > 0, "no 50301 refusal: {tally:?}");
+    assert!(tally.acked.len() > 100, "only {} callbacks acknowledged before the spool was full", tally.acked.len());
+    assert_all_delivered("spool full", &tally, &consumed);
+
+    let mut checks = Checks::default();
+    checks.eq("503 answers with ErrorCode 50301", tally.refused.get(&(503, 50301)).copied().unwrap_or(0), refused_full);
+    checks.eq(
+        "imcf_callbacks_total{outcome=\"spool_full\"}",
+        labelled(&during, "imcf_callbacks_total", "outcome", "spool_full"),
+        refused_full as f64,
+    );
+    checks.eq("other refusals", tally.refused.len(), 1);
+    checks.eq("requests without an answer", tally.transport_errors, 0);
+    checks.check(readyz_full.0 == 503 && readyz_full.1.contains("spool"), || {
+        format!("/readyz while the spool was full: {readyz_full:?}")
+    });
+    check_drained(&mut checks, "forwarder", &metrics);
+    // Once everything is delivered the spool has room again.
+    let ready_again = common::poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        (fwd.readyz().0 == 200).then_some(())
+    });
+    checks.check(ready_again.is_some(), || format!("/readyz after draining: {:?}", fwd.readyz()));
+    checks.finish();
+}
+
+#[test]
+fn torn_and_corrupt_spool_records_are_cut_and_quarantined() {
+    let mut broker = Tansu::reserve();
+    let (spool, spool_path) = spool_dir();
+    let disk = ["--durability", "disk", "--spool-dir", spool_path.as_str(), "--shutdown-timeout", "2"];
+    let mut first = Proc::start("first forwarder", &broker.addr, &flags(&disk));
+    let tally = send_callbacks(&first.callback_url(), "damaged", 60, 200, 1);
+    assert_eq!(tally.acked.len(), 60, "disk mode acknowledges once spooled, with or without Kafka: {tally:?}");
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).code(), Some(0), "exit status after SIGTERM");
+
+    let segments = spool_segments(spool.path());
+    assert!(!segments.is_empty(), "no spool segment left after a shutdown with Kafka down");
+    let frames: Vec<_> = segments.iter().map(|s| read_spool_frames(s)).collect();
+    let spooled: BTreeSet<String> = frames.iter().flatten().map(|f| f.event_id.clone()).collect();
+    assert_eq!(spooled, tally.acked, "the spool holds exactly the acknowledged events");
+
+    // A torn last record: the last segment ends halfway through its last frame.
+    let last_segment = segments.last().expect("a segment");
+    let torn = frames.last().and_then(|f| f.last()).expect("a frame").clone();
+    let file = std::fs::OpenOptions::new().write(true).open(last_segment).expect("open last segment");
+    file.set_len((torn.offset + torn.len / 2) as u64).expect("truncate");
+    drop(file);
+    // A corrupt earlier record: one byte of its payload flipped.
+    let corrupt = frames[0][10].clone();
+    let mut data = std::fs::read(&segments[0]).expect("read first segment");
+    data[corrupt.offset + FRAME_HEADER_LEN + (corrupt.len - FRAME_HEADER_LEN) / 2] ^= 0x55;
+    std::fs::write(&segments[0], &data).expect("write first segment");
+    assert_ne!(torn.event_id, corrupt.event_id);
+
+    broker.start_with_topics();
+    let second = Proc::start("second forwarder", &broker.addr, &flags(&disk));
+    let metrics = second.wait_drained(DRAIN_TIMEOUT);
+    let intact: BTreeSet<String> =
+        tally.acked.iter().filter(|id| **id != torn.event_id && **id != corrupt.event_id).cloned().collect();
+    let consumed = consume_until(&broker.addr, TOPIC, CONSUME_TIMEOUT, Duration::from_millis(1500), |c| {
+        intact.iter().all(|id| c.counts.contains_key(id))
+    });
+    let mut checks = Checks::default();
+    let missing = consumed.missing(&intact);
+    checks.check(missing.is_empty(), || format!("{} intact records not delivered: {missing:?}", missing.len()));
+    checks.check(!consumed.counts.contains_key(&torn.event_id), || "the torn record was delivered".into());
+    checks.check(!consumed.counts.contains_key(&corrupt.event_id), || "the corrupt record was delivered".into());
+    checks.eq("imcf_spool_quarantined_total", metrics.get("imcf_spool_quarantined_total"), Some(1.0));
+    let quarantined: Vec<String> = std::fs::read_dir(spool.path().join("quarantine"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    checks.check(!quarantined.is_empty(), || "no file in the spool's quarantine directory".into());
+    check_drained(&mut checks, "second forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn mock_cluster_faults_are_retried_and_show_in_metrics() {
+    let cluster = mock_cluster(3);
+    let bootstrap = cluster.bootstrap_servers();
+    let (_spool, spool_path) = spool_dir();
+    let fwd = Proc::start("forwarder", &bootstrap, &flags(&["--spool-dir", &spool_path]));
+    fwd.wait_ready(READY_TIMEOUT);
+    let load = Load::start(&fwd.callback_url(), "mock", 2, 100, 5000);
+    load.wait_acked(50, Duration::from_secs(15));
+
+    // Retriable Produce errors: the next requests fail, whichever broker leads.
+    let mut errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 4];
+    errors.extend([RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 4]);
+    errors.extend([RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT; 2]);
+    cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+    load.wait_acked(100, Duration::from_secs(15));
+
+    // A slow cluster.
+    cluster.broker_round_trip_time(-1, Duration::from_millis(300)).expect("rtt");
+    let slow = Instant::now();
+    let rtt = common::poll_until(Duration::from_secs(5), Duration::from_millis(250), || {
+        let metrics = fwd.scrape();
+        let p99 = metrics.series("imcf_kafka_broker_rtt_seconds").iter().map(|(_, v)| *v).fold(0.0, f64::max);
+        (p99 >= 0.2).then_some(p99)
+    });
+    load.wait_acked(100, Duration::from_secs(15));
+    let slow_for = slow.elapsed();
+    cluster.broker_round_trip_time(-1, Duration::ZERO).expect("rtt");
+
+    // A leaderless partition for a while, then a new leader.
+    cluster.partition_leader(TOPIC, 0, None).expect("leaderless");
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.partition_leader(TOPIC, 0, Some(2)).expect("new leader");
+    load.wait_acked(100, Duration::from_secs(15));
+    let tally = load.stop();
+
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&bootstrap, &tally.acked, CONSUME_TIMEOUT);
+    assert_all_delivered("mock cluster faults", &tally, &consumed);
+    let mut checks = Checks::default();
+    // Statistics arrive every 500 ms: give the last faults time to show.
+    let shown = common::poll_until(Duration::from_secs(3), Duration::from_millis(250), || {
+        let m = fwd.scrape();
+        let total = sum_series(&m, "imcf_kafka_broker_request_retries_total")
+            + sum_series(&m, "imcf_kafka_broker_request_errors_total");
+        (total > 0.0).then_some(total)
+    });
+    checks.check(shown.is_some(), || {
+        let m = fwd.scrape();
+        format!(
+            "no broker retries or errors in /metrics: {:?} {:?}",
+            m.series("imcf_kafka_broker_request_retries_total"),
+            m.series("imcf_kafka_broker_request_errors_total")
+        )
+    });
+    eprintln!("mock cluster faults: broker retries + errors {shown:?}, rtt p99 {rtt:?} s during {slow_for:?}");
+    checks.check(rtt.is_some(), || format!("no broker rtt >= 0.2 s in /metrics during {slow_for:?} at 300 ms"));
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+}
