@@ -231,14 +231,17 @@ pub enum ConfigError {
     /// No app to accept.
     #[error("no app configured: give --sdk-app-id, --app or --apps-file")]
     NoApp,
-    /// An `--app` or apps-file entry that is not ID[:TOKEN].
-    #[error("{flag}: {entry:?} is not ID[:TOKEN] with a numeric SDKAppID")]
+    /// An `--app` or apps-file entry that is not ID[:TOKEN]; the entry itself is not shown, it may hold a token.
+    #[error("{flag}: entry {position} is not ID[:TOKEN] with a numeric SDKAppID")]
     AppEntry {
         /// Where the entry came from.
         flag: &'static str,
-        /// The entry, with its token hidden.
-        entry: String,
+        /// 1-based position among that flag's entries (the line, for a file).
+        position: usize,
     },
+    /// A token file with more tokens than a rotation needs.
+    #[error("--callback-token-file: holds {0} tokens; one, or two while rotating")]
+    TooManyTokens(usize),
     /// A token or apps file cannot be read.
     #[error("{flag} {path}: {source}")]
     File {
@@ -285,8 +288,9 @@ fn checked_token(flag: &'static str, token: String) -> Result<String, ConfigErro
     Ok(token)
 }
 
-/// Non-empty, non-comment lines of a small configuration file.
-fn read_lines(flag: &'static str, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
+/// Non-empty lines of a small configuration file with their line numbers; a line starting with `#` is a comment
+/// (a `#` elsewhere belongs to the value: tokens may contain it).
+fn read_lines(flag: &'static str, path: &std::path::Path) -> Result<Vec<(usize, String)>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
         flag,
         path: path.display().to_string(),
@@ -294,8 +298,9 @@ fn read_lines(flag: &'static str, path: &std::path::Path) -> Result<Vec<String>,
     })?;
     Ok(text
         .lines()
-        .map(|line| line.split('#').next().unwrap_or("").trim().to_owned())
-        .filter(|line| !line.is_empty())
+        .enumerate()
+        .map(|(index, line)| (index + 1, line.trim().to_owned()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
         .collect())
 }
 
@@ -315,10 +320,16 @@ impl TryFrom<Args> for Config {
         }
         let global_tokens = match (&args.callback_token, &args.callback_token_file) {
             (Some(token), _) => vec![checked_token("--callback-token", token.clone())?],
-            (None, Some(path)) => read_lines("--callback-token-file", path)?
-                .into_iter()
-                .map(|token| checked_token("--callback-token-file", token))
-                .collect::<Result<_, _>>()?,
+            (None, Some(path)) => {
+                let tokens = read_lines("--callback-token-file", path)?;
+                if tokens.len() > 2 {
+                    return Err(ConfigError::TooManyTokens(tokens.len()));
+                }
+                tokens
+                    .into_iter()
+                    .map(|(_, token)| checked_token("--callback-token-file", token))
+                    .collect::<Result<_, _>>()?
+            }
             (None, None) => Vec::new(),
         };
         let mut apps: Vec<(u64, Vec<String>)> = Vec::new();
@@ -340,14 +351,18 @@ impl TryFrom<Args> for Config {
             Some(path) => read_lines("--apps-file", path)?,
             None => Vec::new(),
         };
-        let entries =
-            args.apps.iter().map(|e| ("--app", e.clone())).chain(file_entries.into_iter().map(|e| ("--apps-file", e)));
-        for (flag, entry) in entries {
+        let entries = args
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| ("--app", index + 1, entry.clone()))
+            .chain(file_entries.into_iter().map(|(line, entry)| ("--apps-file", line, entry)));
+        for (flag, position, entry) in entries {
             let (id, token) = match entry.split_once(':') {
                 Some((id, token)) => (id, Some(checked_token(flag, token.to_owned())?)),
                 None => (entry.as_str(), None),
             };
-            let id = id.trim().parse::<u64>().map_err(|_| ConfigError::AppEntry { flag, entry: id.to_owned() })?;
+            let id = id.trim().parse::<u64>().map_err(|_| ConfigError::AppEntry { flag, position })?;
             add(id, token);
         }
         if apps.is_empty() {
@@ -479,7 +494,7 @@ mod tests {
     fn per_app_tokens_files_and_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
-        std::fs::write(&token_file, "old\nnew\n").unwrap();
+        std::fs::write(&token_file, "old\nne#w\n").unwrap();
         let apps_file = dir.path().join("apps");
         std::fs::write(&apps_file, "# app, token\n3:three\n4\n").unwrap();
         let config = parse(&[
@@ -499,14 +514,16 @@ mod tests {
         assert_eq!(
             config.apps,
             vec![
-                (1, vec!["old".to_owned(), "new".to_owned()]),
+                (1, vec!["old".to_owned(), "ne#w".to_owned()]),
                 (2, vec!["two-a".to_owned(), "two-b".to_owned()]),
                 (3, vec!["three".to_owned()]),
-                (4, vec!["old".to_owned(), "new".to_owned()]),
+                (4, vec!["old".to_owned(), "ne#w".to_owned()]),
             ]
         );
-        let err = parse(&["--dev", "--app", "x:secret"]).unwrap_err();
-        assert!(err.contains("--app") && !err.contains("secret"), "{err}");
+        for bad in ["x:secret", "1400=secret"] {
+            let err = parse(&["--dev", "--app", bad]).unwrap_err();
+            assert!(err.contains("--app") && !err.contains("secret"), "{err}");
+        }
     }
 
     #[test]

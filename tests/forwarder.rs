@@ -389,12 +389,14 @@ fn a_resent_callback_keeps_its_event_id_and_an_exact_replay_publishes_once() {
     let (broker, fwd) = setup(&["--callback-token", TOKEN]);
     let unsigned =
         format!("SdkAppid={APP_ID}&CallbackCommand={EXCEPTION}&contenttype=json&ClientIP=10.0.0.1&OptPlatform=iOS");
-    let first = format!("{unsigned}{}", sign_params_at(TOKEN, &now_secs().to_string()));
+    let first_time = now_secs();
+    let first = format!("{unsigned}{}", sign_params_at(TOKEN, &first_time.to_string()));
     assert_ok("first", &fwd.post(&first, DOC_SAMPLE.as_bytes()));
     // The same Sign, RequestTime and body again: answered OK, not published twice (issue 4).
     assert_ok("exact replay", &fwd.post(&first, DOC_SAMPLE.as_bytes()));
     // The same body signed anew (as a retry would be): published again, with the same event_id.
-    let resent = format!("{unsigned}{}", sign_params_at(TOKEN, &(now_secs() - 1).to_string()));
+    // Derived from the first RequestTime, not the clock: a second tick in between must not make them equal.
+    let resent = format!("{unsigned}{}", sign_params_at(TOKEN, &(first_time - 1).to_string()));
     assert_ok("resent", &fwd.post(&resent, DOC_SAMPLE.as_bytes()));
 
     let records = broker.consume(TOPIC, 2, CONSUME_TIMEOUT);

@@ -15,7 +15,7 @@ use hyper::{Request, Response};
 use tracing::{debug, error};
 
 use super::answer;
-use super::replay::ReplayCache;
+use super::replay::{CaseFolded, ReplayCache};
 use super::source::SourcePolicy;
 use crate::callback::{
     self, AppRegistry, AuthenticatedQuery, BodyError, Disposition, Normalized, RawQuery, RejectError, RouteRefusal,
@@ -218,7 +218,7 @@ impl CallbackEdge {
         let received_at = SystemTime::now();
         let now_unix = received_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let raw_query = RawQuery::parse(query)?;
-        let signature = self.replays.fingerprint((raw_query.sign(), raw_query.request_time()));
+        let signature = self.replays.fingerprint((CaseFolded(raw_query.sign()), raw_query.request_time()));
         let authenticated = settings.apps.authenticate(raw_query, now_unix)?;
         let body = self.read_body(&parts, body).await?;
         if let Some(declared) = self.non_json_declaration(&authenticated) {

@@ -10,8 +10,10 @@ mod source;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,8 +23,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -68,7 +71,9 @@ pub async fn serve<H, Fut>(
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    // Header and idle timeouts are enforced per connection in `drive_connection`: hyper's own header timer also
+    // runs while a kept-alive connection idles, which would cut idle connections at the header timeout.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     if limits.http2 {
         builder.http2().timer(TokioTimer::new());
     } else {
@@ -102,7 +107,7 @@ pub async fn serve<H, Fut>(
             stream,
             peer,
             handler.clone(),
-            limits.keep_alive_timeout,
+            limits.clone(),
             stopping.clone(),
             permit,
         ));
@@ -118,19 +123,86 @@ pub async fn serve<H, Fut>(
     }
 }
 
-/// When the connection last finished a request, and how many it is serving now.
+/// What a connection is doing, shared by its I/O wrapper, its service and its driver.
 struct Activity {
     opened: Instant,
-    last_nanos: AtomicU64,
+    /// When the last response was handed over (nanoseconds since `opened`).
+    last_response_nanos: AtomicU64,
+    /// When the first byte of a request head arrived, plus one (0: no head under way).
+    head_started_nanos: AtomicU64,
+    /// Requests being served.
     in_flight: AtomicUsize,
+    /// Whether any request has started on this connection.
+    served: AtomicBool,
+    /// Wakes the driver when a response is done, so that it recomputes the deadline.
+    response_done: Notify,
 }
 
 impl Activity {
-    fn touch(&self) {
-        self.last_nanos.store(self.opened.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    fn at(&self, nanos: u64) -> Instant {
+        self.opened + Duration::from_nanos(nanos)
     }
-    fn idle_deadline(&self, keep_alive: Duration) -> Instant {
-        self.opened + Duration::from_nanos(self.last_nanos.load(Ordering::Relaxed)) + keep_alive
+
+    fn since_opened(&self) -> u64 {
+        self.opened.elapsed().as_nanos() as u64
+    }
+
+    /// When the connection must be closed if nothing changes: a request head must be complete within the header
+    /// timeout from its first byte (or from the connection's opening), and an idle connection goes after the
+    /// keep-alive timeout. `None` while a request is being served (its body and handler have their own limits).
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let head_started = self.head_started_nanos.load(Ordering::Acquire);
+        if head_started > 0 {
+            return Some(self.at(head_started - 1) + limits.header_read_timeout);
+        }
+        if !self.served.load(Ordering::Acquire) {
+            return Some(self.opened + limits.header_read_timeout);
+        }
+        Some(self.at(self.last_response_nanos.load(Ordering::Acquire)) + limits.keep_alive_timeout)
+    }
+}
+
+/// The socket, noting when the bytes of a new request head start arriving.
+struct TrackedIo {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let activity = &self.activity;
+        if buf.filled().len() > before && activity.in_flight.load(Ordering::Acquire) == 0 {
+            let now = activity.since_opened() + 1;
+            let _ = activity.head_started_nanos.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -139,37 +211,43 @@ async fn drive_connection<H, Fut>(
     stream: TcpStream,
     peer: SocketAddr,
     handler: H,
-    keep_alive: Duration,
+    limits: ConnectionLimits,
     mut stopping: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let activity =
-        Arc::new(Activity { opened: Instant::now(), last_nanos: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        last_response_nanos: AtomicU64::new(0),
+        head_started_nanos: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        served: AtomicBool::new(false),
+        response_done: Notify::new(),
+    });
     let tracker = activity.clone();
     let service = service_fn(move |request| {
-        tracker.in_flight.fetch_add(1, Ordering::Relaxed);
+        tracker.in_flight.fetch_add(1, Ordering::AcqRel);
+        tracker.served.store(true, Ordering::Release);
+        tracker.head_started_nanos.store(0, Ordering::Release);
         let response = handler(request, peer);
         let tracker = tracker.clone();
         async move {
             let response = response.await;
-            tracker.touch();
-            tracker.in_flight.fetch_sub(1, Ordering::Relaxed);
+            tracker.last_response_nanos.store(tracker.since_opened(), Ordering::Release);
+            tracker.in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracker.response_done.notify_one();
             Ok::<_, Infallible>(response)
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let io = TrackedIo { stream, activity: activity.clone() };
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut closing = false;
     loop {
-        let idle_deadline = if activity.in_flight.load(Ordering::Relaxed) > 0 {
-            // A request is being served: its own timeouts apply; look again later.
-            Instant::now() + keep_alive
-        } else {
-            activity.idle_deadline(keep_alive)
-        };
+        // While a request is served, look again later; its body and handler have their own limits.
+        let deadline = activity.deadline(&limits).unwrap_or_else(|| Instant::now() + limits.header_read_timeout);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
@@ -177,15 +255,16 @@ async fn drive_connection<H, Fut>(
                 }
                 return;
             }
+            () = activity.response_done.notified() => {}
             _ = stopping.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = tokio::time::sleep_until(idle_deadline), if !closing => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 && Instant::now() >= activity.idle_deadline(keep_alive) {
-                    debug!(%peer, "closing idle connection");
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
+            () = tokio::time::sleep_until(deadline) => {
+                if activity.deadline(&limits).is_some_and(|deadline| Instant::now() >= deadline) {
+                    // Dropping the connection closes the socket: a half-sent head would survive a graceful shutdown.
+                    debug!(%peer, "closing a slow or idle connection");
+                    return;
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,19 @@ impl ReplayCache {
     }
 }
 
+/// Hashes a hex string regardless of letter case: a `Sign` verifies in either case, so a replay must not escape
+/// the cache by changing it.
+pub struct CaseFolded<'a>(pub Option<&'a str>);
+
+impl Hash for CaseFolded<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for byte in self.0.unwrap_or_default().bytes() {
+            state.write_u8(byte.to_ascii_lowercase());
+        }
+        state.write_u8(0xff);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +97,13 @@ mod tests {
         assert!(cache.first_time(a), "forgotten after two generations");
         cache.forget(a);
         assert!(cache.first_time(a));
+    }
+
+    #[test]
+    fn sign_case_does_not_change_the_fingerprint() {
+        let cache = ReplayCache::new(Duration::from_secs(60), 10);
+        let lower = cache.fingerprint((CaseFolded(Some("abcdef")), "1"));
+        assert_eq!(lower, cache.fingerprint((CaseFolded(Some("ABCdef")), "1")));
+        assert_ne!(lower, cache.fingerprint((CaseFolded(Some("abcdee")), "1")));
     }
 }

@@ -76,10 +76,35 @@ pub struct Tansu {
     starts: usize,
 }
 
+/// A free port below the kernel's ephemeral range, for a broker that is down for a while (or restarted).
+///
+/// A port from the ephemeral range (what binding port 0 gives) can be taken, while the broker is down, as
+/// the local end of any outgoing connection of the busy test process (Linux even lets a connection to a
+/// closed local port connect to itself); the broker then fails to bind it ("Address already in use").
+pub fn broker_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let ephemeral_low: u16 = range.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(32768);
+    if ephemeral_low <= 11_000 {
+        return super::free_port();
+    }
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    // Spread over the range by pid, time and a counter, so that parallel tests rarely try the same port.
+    let seed =
+        std::process::id() as usize * 7919 + tencent::now_ms() as usize + SEQ.fetch_add(1, Ordering::Relaxed) * 104_729;
+    let span = usize::from(ephemeral_low - 10_000);
+    for attempt in 0..200 {
+        let port = 10_000 + ((seed + attempt * 7_877) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    super::free_port()
+}
+
 impl Tansu {
     /// Picks a free port but starts nothing: the broker is "down" until [`Tansu::start`].
     pub fn reserve() -> Tansu {
-        let port = super::free_port();
+        let port = broker_port();
         Tansu {
             port,
             addr: format!("127.0.0.1:{port}"),
@@ -294,6 +319,7 @@ impl Proc {
 
     /// Sends `signal` (e.g. `libc::SIGSTOP`).
     pub fn signal(&self, signal: i32) {
+        assert!(self.exit.is_none(), "{}: signal {signal} after the process was reaped", self.label);
         // SAFETY: kill(2) on the pid of our own child, not yet reaped (`exit` is None while it may run).
         let rc = unsafe { libc::kill(self.pid(), signal) };
         assert_eq!(rc, 0, "{}: kill({signal}) failed", self.label);

@@ -103,7 +103,7 @@ pub fn aborted_post(addr: &str, path: &str, declared: usize, sent: &[u8]) -> Opt
 }
 
 /// Reads one HTTP/1.1 answer until EOF or its Content-Length / chunked end.
-fn read_reply(stream: &mut TcpStream) -> Result<Reply, String> {
+pub fn read_reply(stream: &mut TcpStream) -> Result<Reply, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let header_end = loop {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod conn;
 pub mod faults;
 pub mod forwarder;
 pub mod http;
