@@ -3,7 +3,7 @@
 //! against those read back from the topic and asserts that none is missing; duplicates are allowed.
 //!
 //! Each test has its own broker (tansu, or librdkafka's mock cluster), forwarder and spool directory, sends a
-//! few hundred callbacks and is bounded by timeouts.
+//! few hundred to a thousand callbacks and is bounded by timeouts (about 30 s for the suite, run in parallel).
 
 mod common;
 

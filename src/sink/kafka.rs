@@ -20,9 +20,11 @@ use crate::spool::{frame, RecordRef, Spool, SpoolError, SpoolReader};
 const METADATA_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How old the last successful metadata answer may be while ready.
 const METADATA_MAX_AGE_SECS: i64 = 15;
-/// In memory mode, new callbacks are refused once the spool has less free space than this, so that the
-/// records already in the producer queue can still be spooled if Kafka fails them.
+/// In memory mode, new callbacks are refused once the spool has less free space than this (or a quarter of the
+/// spool, if smaller), so that the records already in the producer queue can still be spooled if Kafka fails them.
 pub const MEMORY_MODE_HEADROOM_BYTES: u64 = 64 * 1024 * 1024;
+/// In disk mode, readiness fails once the spool has less free space than this (or a sixteenth of the spool).
+const DISK_MODE_HEADROOM_BYTES: u64 = 1024 * 1024;
 
 /// Producer properties applied before the user's `-X` overrides.
 pub const DEFAULT_PRODUCER_PROPERTIES: &[(&str, &str)] = &[
@@ -384,15 +386,19 @@ impl KafkaSink {
     pub fn readiness(&self) -> Result<(), String> {
         self.health.check()?;
         if let Some(spool) = &self.spool {
-            let headroom = match self.durability {
-                Durability::Memory => MEMORY_MODE_HEADROOM_BYTES,
-                Durability::Disk => 1024 * 1024,
-            };
-            if !spool.has_headroom(headroom) {
+            if !spool.has_headroom(self.headroom(spool)) {
                 return Err("the disk spool is full".into());
             }
         }
         Ok(())
+    }
+
+    /// Free spool space below which the instance is full: in memory mode, room for what is in the producer queue.
+    fn headroom(&self, spool: &Spool) -> u64 {
+        match self.durability {
+            Durability::Memory => MEMORY_MODE_HEADROOM_BYTES.min(spool.max_bytes() / 4),
+            Durability::Disk => DISK_MODE_HEADROOM_BYTES.min(spool.max_bytes() / 16),
+        }
     }
 
     /// Takes responsibility for one record: after `Ok`, it reaches Kafka at least once (within the guarantee
@@ -417,7 +423,7 @@ impl KafkaSink {
                 }
             }
             (Some(spool), Durability::Memory) => {
-                if !spool.has_headroom(MEMORY_MODE_HEADROOM_BYTES) {
+                if !spool.has_headroom(self.headroom(spool)) {
                     return Err(SinkError::SpoolFull);
                 }
                 match self.send(&record, None) {

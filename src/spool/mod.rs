@@ -166,6 +166,11 @@ impl Spool {
         &self.dir
     }
 
+    /// `--spool-max-bytes`.
+    pub fn max_bytes(&self) -> u64 {
+        self.shared.max_bytes
+    }
+
     fn reserve(&self, bytes: u64, limit: u64) -> Result<(), SpoolError> {
         let shared = &self.shared;
         let mut used = shared.used_bytes.load(Ordering::Relaxed);
@@ -295,7 +300,8 @@ impl SpoolReader {
     }
 }
 
-/// An active segment whose records are all delivered is replaced once it is this large.
+/// An active segment whose records are all delivered is replaced once it is this large (or a quarter of a
+/// segment), so that delivered bytes neither count against the limit for long nor replay after a crash.
 const ROTATE_WHEN_DELIVERED_BYTES: u64 = 256 * 1024;
 
 struct SegmentState {
@@ -400,7 +406,7 @@ impl Writer {
         // Delivered records of the active segment would be replayed after a crash: start afresh whenever
         // everything in it is delivered.
         let active = &self.segments[&self.active_segment];
-        if active.outstanding == 0 && active.len >= ROTATE_WHEN_DELIVERED_BYTES {
+        if active.outstanding == 0 && active.len >= ROTATE_WHEN_DELIVERED_BYTES.min(self.segment_bytes / 4) {
             if let Err(err) = self.rotate() {
                 error!(error = %err, "spool: cannot start a new segment");
             }
