@@ -27,7 +27,7 @@ SENDERS=${SENDERS:-32}
 SETTLE_SECS=${SETTLE_SECS:-120}
 FORWARDER_ARGS=${FORWARDER_ARGS:-}
 OUT=${OUT:-$(mktemp -d /tmp/imcf-soak.XXXXXX)}
-TANSU=${TANSU:-${TANSU_BIN:-/root/.cache/imcf-tools/bin/tansu}}
+TANSU=${TANSU:-${TANSU_BIN:-$HOME/.cache/imcf-tools/tansu-0.6.0-dynostore/bin/tansu}}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

@@ -32,7 +32,8 @@ pub const DEFAULT_PRODUCER_PROPERTIES: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("compression.type", "lz4"),
-    ("linger.ms", "5"),
+    // Measured (BENCHMARKS.md): 20 ms costs 10 % less CPU per callback than 5 ms at 5,000/s; the ack never waits for it.
+    ("linger.ms", "20"),
     ("queue.buffering.max.messages", "100000"),
     ("queue.buffering.max.kbytes", "65536"),
     ("message.timeout.ms", "300000"),
