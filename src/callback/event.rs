@@ -288,23 +288,13 @@ fn formattable(t: SystemTime) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::query::RawQuery;
-    use super::super::sign::AppRegistry;
     use super::*;
     use serde_json::json;
 
     const QUERY: &str = "SdkAppid=1400000000&CallbackCommand=Group.CallbackSendMsgException&contenttype=json&ClientIP=10.0.0.1&OptPlatform=iOS";
     const BARE_QUERY: &str = "SdkAppid=1400000000";
 
-    fn query(raw: &str) -> AuthenticatedQuery<'_> {
-        AppRegistry::new([(1_400_000_000, vec![])], Duration::from_secs(60))
-            .authenticate(RawQuery::parse(raw).unwrap(), 0)
-            .unwrap()
-    }
-
-    fn received() -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(1_670_574_415_007)
-    }
+    use super::super::test_support::{query, received};
 
     fn event_json(raw_query: &str, body: &[u8]) -> serde_json::Value {
         let q = query(raw_query);

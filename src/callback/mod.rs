@@ -11,6 +11,8 @@ mod proptests;
 mod query;
 mod route;
 mod sign;
+#[cfg(test)]
+mod test_support;
 
 pub use body::MAX_BODY_DEPTH;
 pub use category::{error_code_label, ErrorCategory, CUSTOM_REFUSAL_LABEL, ERROR_CODE_LABELS, OTHER_CODE_LABEL};
