@@ -124,8 +124,12 @@ fn broker_down_at_startup_then_up_delivers_everything() {
 #[test]
 fn broker_killed_mid_stream_and_restarted_delivers_everything() {
     let mut broker = Tansu::with_topics();
-    // The default durability (memory, no spool): an outage shorter than message.timeout.ms.
-    let fwd = Proc::start("forwarder", &broker.addr, &restart_flags(&[]));
+    let (_spool, spool_path) = spool_dir();
+    // Memory durability with a spool: an outage shorter than message.timeout.ms. The spool matters here: a
+    // restarted tansu answers produce requests that reach it before the test re-creates the topics with a
+    // non-retriable UNKNOWN_SERVER_ERROR (seen: 41 of 832 records), which librdkafka reports as failed; without
+    // a spool those events would be lost (and counted in imcf_events_lost_total).
+    let fwd = Proc::start("forwarder", &broker.addr, &restart_flags(&["--spool-dir", &spool_path]));
     fwd.wait_ready(READY_TIMEOUT);
 
     let load = Load::start(&fwd.callback_url(), "bounce", 2, 100, 5000);
@@ -139,6 +143,13 @@ fn broker_killed_mid_stream_and_restarted_delivers_everything() {
     let tally = load.stop();
 
     let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    eprintln!(
+        "broker killed and restarted: forwarder delivered {:?}, failures {:?}, spooled {:?}, lost {:?}",
+        metrics.get("imcf_kafka_delivered_total"),
+        metrics.get("imcf_kafka_delivery_failures_total"),
+        metrics.get("imcf_spooled_total{reason=\"delivery_failed\"}"),
+        metrics.get("imcf_events_lost_total")
+    );
     let rest = not_yet_read(&tally, &before);
     let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
     consumed.merge(&before);

@@ -123,32 +123,9 @@ impl Broker {
         broker
     }
 
-    /// Creates topics with rdkafka's AdminClient (1 partition, replication 1) and waits
-    /// until the broker's metadata lists them.
+    /// Creates topics (1 partition, replication 1) and waits until the broker's metadata lists them.
     pub fn create_topics(&self, topics: &[&str]) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.addr).create().expect("admin client");
-        let new_topics: Vec<NewTopic> =
-            topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
-        let options = AdminOptions::new()
-            .request_timeout(Some(Duration::from_secs(10)))
-            .operation_timeout(Some(Duration::from_secs(10)));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        let results = runtime.block_on(admin.create_topics(&new_topics, &options)).expect("create_topics request");
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => panic!("creating topic {topic}: {code:?}"),
-            }
-        }
-        for topic in topics {
-            let found = super::poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
-                let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(2)).ok()?;
-                let t = md.topics().iter().find(|t| t.name() == *topic)?;
-                (t.error().is_none() && !t.partitions().is_empty()).then_some(())
-            });
-            assert!(found.is_some(), "topic {topic} not in the broker's metadata 10 s after creation");
-        }
+        create_topics(&self.addr, topics);
     }
 
     /// Consumes `topic` from the beginning until `expected` records arrived (or `timeout`),
@@ -199,5 +176,32 @@ fn tail(path: &std::path::Path, n: usize) -> String {
             lines[lines.len().saturating_sub(n)..].join("\n")
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Creates topics with rdkafka's AdminClient (1 partition, replication 1; existing ones are fine) and waits
+/// until the broker's metadata lists them.
+pub fn create_topics(addr: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", addr).create().expect("admin client");
+    let new_topics: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(10)))
+        .operation_timeout(Some(Duration::from_secs(10)));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let results = runtime.block_on(admin.create_topics(&new_topics, &options)).expect("create_topics request");
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => panic!("creating topic {topic}: {code:?}"),
+        }
+    }
+    for topic in topics {
+        let found = super::poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(2)).ok()?;
+            let t = md.topics().iter().find(|t| t.name() == *topic)?;
+            (t.error().is_none() && !t.partitions().is_empty()).then_some(())
+        });
+        assert!(found.is_some(), "topic {topic} not in the broker's metadata 10 s after creation");
     }
 }

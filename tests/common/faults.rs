@@ -19,17 +19,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
-use rdkafka::types::{RDKafkaApiKey, RDKafkaErrorCode};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaApiKey;
+use rdkafka::ClientConfig;
 use serde_json::Value;
 
 use super::forwarder::{self, log_field, log_message, Output};
+use super::kafka;
 use super::metrics::{self, Metrics};
 use super::tencent::{self, APP_ID, EXCEPTION};
 
@@ -190,29 +188,7 @@ impl Tansu {
 
     /// Creates topics (1 partition, replication 1; existing ones are fine) and waits until metadata lists them.
     pub fn create_topics(&self, topics: &[&str]) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.addr).create().expect("admin client");
-        let new_topics: Vec<NewTopic> =
-            topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
-        let options = AdminOptions::new()
-            .request_timeout(Some(Duration::from_secs(10)))
-            .operation_timeout(Some(Duration::from_secs(10)));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        let results = runtime.block_on(admin.create_topics(&new_topics, &options)).expect("create_topics request");
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => panic!("creating topic {topic}: {code:?}"),
-            }
-        }
-        for topic in topics {
-            let found = super::poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
-                let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(2)).ok()?;
-                let t = md.topics().iter().find(|t| t.name() == *topic)?;
-                (t.error().is_none() && !t.partitions().is_empty()).then_some(())
-            });
-            assert!(found.is_some(), "topic {topic} not in tansu's metadata 10 s after creation");
-        }
+        super::broker::create_topics(&self.addr, topics);
     }
 
     fn log_path(&self) -> std::path::PathBuf {
@@ -620,37 +596,6 @@ impl Consumed {
     }
 }
 
-/// A consumer assigned to every partition of `topic` from the beginning; panics if the topic has no metadata
-/// within `timeout`.
-fn consumer_from_start(bootstrap: &str, topic: &str, timeout: Duration) -> (BaseConsumer, usize) {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let group = format!("imcf-faults-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer");
-    let partitions = super::poll_until(timeout, Duration::from_millis(100), || {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)).ok()?;
-        let t = md.topics().iter().find(|t| t.name() == topic)?;
-        if t.error().is_some() || t.partitions().is_empty() {
-            return None;
-        }
-        Some(t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-    })
-    .unwrap_or_else(|| panic!("topic {topic} has no metadata on {bootstrap}"));
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("add partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    (consumer, partitions.len())
-}
-
 /// Reads `topic` from the beginning until `done` holds for what was read (then `grace` more, to see
 /// duplicates and strays), or until `timeout`.
 pub fn consume_until(
@@ -661,7 +606,7 @@ pub fn consume_until(
     mut done: impl FnMut(&Consumed) -> bool,
 ) -> Consumed {
     let deadline = Instant::now() + timeout;
-    let (consumer, _) = consumer_from_start(bootstrap, topic, timeout);
+    let (consumer, _) = kafka::consumer_from_start(bootstrap, topic, timeout);
     let mut consumed = Consumed::default();
     let mut done_at: Option<Instant> = None;
     while Instant::now() < deadline && done_at.is_none_or(|at| at.elapsed() < grace) {
@@ -689,10 +634,13 @@ pub fn consume_acked(bootstrap: &str, acked: &BTreeSet<String>, timeout: Duratio
 }
 
 /// Freezes `fwd` (SIGSTOP), appends a marker to the single partition of [`TOPIC`], reads the topic up to the
-/// marker, kills the broker and thaws `fwd` (SIGCONT). Returns what was read: every record Kafka could have
-/// acknowledged to the forwarder before the broker died.
+/// marker and for a second past it, kills the broker and thaws `fwd` (SIGCONT). Returns what was read: every
+/// record Kafka could have acknowledged to the forwarder before the broker died.
 pub fn checkpoint_and_kill(fwd: &Proc, broker: &mut Tansu) -> Consumed {
     fwd.signal(libc::SIGSTOP);
+    // A produce request already on the wire when the forwarder froze can still be appended, even after the
+    // marker (the broker serves connections concurrently): give it time, and read on past the marker.
+    std::thread::sleep(Duration::from_millis(300));
     let marker = format!("marker-{}", tencent::now_ms());
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
@@ -705,10 +653,11 @@ pub fn checkpoint_and_kill(fwd: &Proc, broker: &mut Tansu) -> Consumed {
         .map_err(|(e, _)| e)
         .expect("send marker");
     producer.flush(Duration::from_secs(10)).expect("marker delivered");
-    let (_, partitions) = consumer_from_start(&broker.addr, TOPIC, Duration::from_secs(10));
+    let (_, partitions) = kafka::consumer_from_start(&broker.addr, TOPIC, Duration::from_secs(10));
     assert_eq!(partitions, 1, "the marker proves order only on a single partition");
-    let mut before =
-        consume_until(&broker.addr, TOPIC, Duration::from_secs(20), Duration::ZERO, |c| c.counts.contains_key(&marker));
+    let mut before = consume_until(&broker.addr, TOPIC, Duration::from_secs(20), Duration::from_secs(1), |c| {
+        c.counts.contains_key(&marker)
+    });
     assert!(before.counts.remove(&marker).is_some(), "marker not read back within 20 s");
     before.records -= 1;
     broker.kill();

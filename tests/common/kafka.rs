@@ -57,9 +57,9 @@ impl Record {
 
 static CONSUMER_SEQ: AtomicUsize = AtomicUsize::new(0);
 
-/// Reads `topic` from the beginning of every partition until `expected` records are in,
-/// then for `grace` more (to catch extras); stops at `timeout` regardless.
-pub fn consume(bootstrap: &str, topic: &str, expected: usize, timeout: Duration, grace: Duration) -> Vec<Record> {
+/// A consumer assigned to every partition of `topic` from the beginning; panics if the topic has no metadata
+/// within `timeout`.
+pub fn consumer_from_start(bootstrap: &str, topic: &str, timeout: Duration) -> (BaseConsumer, usize) {
     let group = format!("imcf-test-{}-{}", std::process::id(), CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed));
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -71,9 +71,6 @@ pub fn consume(bootstrap: &str, topic: &str, expected: usize, timeout: Duration,
         .set("fetch.wait.max.ms", "100")
         .create()
         .expect("consumer");
-    let started = Instant::now();
-    let deadline = started + timeout;
-
     let partitions = super::poll_until(timeout, Duration::from_millis(100), || {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)).ok()?;
         let t = md.topics().iter().find(|t| t.name() == topic)?;
@@ -83,12 +80,20 @@ pub fn consume(bootstrap: &str, topic: &str, expected: usize, timeout: Duration,
         Some(t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
     })
     .unwrap_or_else(|| panic!("topic {topic} has no metadata on {bootstrap}"));
-
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("add partition");
     }
     consumer.assign(&tpl).expect("assign");
+    (consumer, partitions.len())
+}
+
+/// Reads `topic` from the beginning of every partition until `expected` records are in,
+/// then for `grace` more (to catch extras); stops at `timeout` regardless.
+pub fn consume(bootstrap: &str, topic: &str, expected: usize, timeout: Duration, grace: Duration) -> Vec<Record> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let (consumer, _) = consumer_from_start(bootstrap, topic, timeout);
 
     let mut records = Vec::new();
     let mut complete_at: Option<Instant> = None;
