@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,20 +66,7 @@ impl Broker {
             let dir = tempfile::tempdir().expect("tempdir for tansu");
             let log = File::create(dir.path().join("tansu.log")).expect("tansu log file");
             let url = format!("tcp://127.0.0.1:{port}");
-            let mut child = Command::new(&bin)
-                .arg("broker")
-                .args(["--listener-url", &url])
-                .args(["--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
-                .args(["--cluster-id", "imcf-test"])
-                .current_dir(dir.path())
-                .env_remove("CLUSTER_ID")
-                .env_remove("STORAGE_ENGINE")
-                .env_remove("SCHEMA_REGISTRY")
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log"))
-                .stderr(log)
+            let mut child = tansu_command(&bin, &url, "imcf-test", dir.path(), log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -177,6 +164,26 @@ fn tail(path: &std::path::Path, n: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// `tansu broker` with in-memory storage listening on `url`, run in `dir` (so that its dotenv loading finds no
+/// stray .env file), with stdout and stderr to `log` and none of tansu's environment variables inherited.
+pub fn tansu_command(bin: &Path, url: &str, cluster_id: &str, dir: &Path, log: File) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("broker")
+        .args(["--listener-url", url])
+        .args(["--advertised-listener-url", url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--cluster-id", cluster_id])
+        .current_dir(dir)
+        .env_remove("CLUSTER_ID")
+        .env_remove("STORAGE_ENGINE")
+        .env_remove("SCHEMA_REGISTRY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log);
+    cmd
 }
 
 /// Creates topics with rdkafka's AdminClient (1 partition, replication 1; existing ones are fine) and waits

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -26,7 +26,7 @@ use rdkafka::types::RDKafkaApiKey;
 use rdkafka::ClientConfig;
 use serde_json::Value;
 
-use super::forwarder::{self, log_field, log_message, Output};
+use super::forwarder::{self, log_message, Output};
 use super::kafka;
 use super::metrics::{self, Metrics};
 use super::tencent::{self, APP_ID, EXCEPTION};
@@ -129,21 +129,7 @@ impl Tansu {
             self.starts += 1;
             let log_path = self.log_path();
             let log = File::create(&log_path).expect("tansu log file");
-            let mut child = Command::new(&bin)
-                .arg("broker")
-                .args(["--listener-url", &url])
-                .args(["--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
-                .args(["--cluster-id", "imcf-faults"])
-                // Its own working directory, so that tansu's dotenv loading finds no stray .env file.
-                .current_dir(self.dir.path())
-                .env_remove("CLUSTER_ID")
-                .env_remove("STORAGE_ENGINE")
-                .env_remove("SCHEMA_REGISTRY")
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log"))
-                .stderr(log)
+            let mut child = super::broker::tansu_command(&bin, &url, "imcf-faults", self.dir.path(), log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -254,38 +240,9 @@ impl Proc {
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--kafka-brokers", bootstrap, "--sdk-app-id", APP_ID])
             .args(extra);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", forwarder::BIN));
-        let output = Arc::new(Output::default());
-        forwarder::read_lines(child.stdout.take().expect("stdout"), "stdout", output.clone());
-        forwarder::read_lines(child.stderr.take().expect("stderr"), "stderr", output.clone());
-        let mut exited = None;
-        let line = output.wait_line(
-            Duration::from_secs(30),
-            |stream, l| {
-                stream == "stdout"
-                    && serde_json::from_str::<Value>(l).ok().is_some_and(|v| log_message(&v) == Some("listening"))
-            },
-            || {
-                exited = child.try_wait().ok().flatten();
-                exited.is_some()
-            },
-        );
-        let Some(line) = line else {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            std::thread::sleep(Duration::from_millis(100));
-            panic!("{label}: no \"listening\" line (flags {extra:?}, exit {status:?}):\n{}", output.all_text());
-        };
-        let v: Value = serde_json::from_str(&line).expect("JSON line");
-        let addr = |name: &str| log_field(&v, name).and_then(Value::as_str).expect("listening address").to_string();
-        Proc {
-            callback_addr: addr("callback_addr"),
-            admin_addr: addr("admin_addr"),
-            child,
-            output,
-            exit: None,
-            label: label.to_string(),
-        }
+        let forwarder::Listening { child, output, callback_addr, admin_addr } =
+            forwarder::spawn_listening(cmd, &format!("{label}, flags {extra:?}"));
+        Proc { callback_addr, admin_addr, child, output, exit: None, label: label.to_string() }
     }
 
     /// The process id.

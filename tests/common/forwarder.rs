@@ -124,6 +124,54 @@ pub fn log_field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
     line.get("fields").and_then(|f| f.get(name)).or_else(|| line.get(name))
 }
 
+/// A forwarder process that logged its bound addresses.
+pub struct Listening {
+    /// The process.
+    pub child: Child,
+    /// Everything it printed so far, and from now on.
+    pub output: Arc<Output>,
+    /// Bound callback listener, "IP:PORT".
+    pub callback_addr: String,
+    /// Bound admin listener, "IP:PORT".
+    pub admin_addr: String,
+}
+
+/// Spawns `cmd` (a [`command`] with `--log-format json`), collects its output, and waits up to 30 s for the
+/// "listening" line; panics with `context` and the output if it exits or never logs it.
+pub fn spawn_listening(mut cmd: Command, context: &str) -> Listening {
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    let output = Arc::new(Output::default());
+    read_lines(child.stdout.take().expect("stdout"), "stdout", output.clone());
+    read_lines(child.stderr.take().expect("stderr"), "stderr", output.clone());
+    let mut exited = None;
+    let line = output.wait_line(
+        Duration::from_secs(30),
+        |stream, l| {
+            stream == "stdout"
+                && serde_json::from_str::<Value>(l).ok().is_some_and(|v| log_message(&v) == Some("listening"))
+        },
+        || {
+            exited = child.try_wait().ok().flatten();
+            exited.is_some()
+        },
+    );
+    let Some(line) = line else {
+        let _ = child.kill();
+        let status = child.wait().ok();
+        // Give the reader threads a moment to drain the pipes.
+        std::thread::sleep(Duration::from_millis(100));
+        panic!("no \"listening\" log line ({context}, exit {status:?}); output:\n{}", output.all_text());
+    };
+    let v: Value = serde_json::from_str(&line).expect("JSON line");
+    let addr = |name: &str| -> String {
+        log_field(&v, name)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("\"listening\" line has no string field {name}: {line}"))
+            .to_string()
+    };
+    Listening { callback_addr: addr("callback_addr"), admin_addr: addr("admin_addr"), child, output }
+}
+
 /// A running forwarder.
 pub struct Forwarder {
     child: Child,
@@ -144,38 +192,8 @@ impl Forwarder {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
-        let output = Arc::new(Output::default());
-        read_lines(child.stdout.take().unwrap(), "stdout", output.clone());
-        read_lines(child.stderr.take().unwrap(), "stderr", output.clone());
-
-        let mut exited = None;
-        let line = output.wait_line(
-            Duration::from_secs(30),
-            |stream, l| {
-                stream == "stdout"
-                    && serde_json::from_str::<Value>(l).ok().is_some_and(|v| log_message(&v) == Some("listening"))
-            },
-            || {
-                exited = child.try_wait().ok().flatten();
-                exited.is_some()
-            },
-        );
-        let Some(line) = line else {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            // Give the reader threads a moment to drain the pipes.
-            std::thread::sleep(Duration::from_millis(100));
-            panic!("no \"listening\" log line (args {args:?}, exit {status:?}); output:\n{}", output.all_text());
-        };
-        let v: Value = serde_json::from_str(&line).unwrap();
-        let addr = |name: &str| -> String {
-            log_field(&v, name)
-                .and_then(Value::as_str)
-                .unwrap_or_else(|| panic!("\"listening\" line has no string field {name}: {line}"))
-                .to_string()
-        };
-        Forwarder { callback_addr: addr("callback_addr"), admin_addr: addr("admin_addr"), child, output, exit: None }
+        let Listening { child, output, callback_addr, admin_addr } = spawn_listening(cmd, &format!("args {args:?}"));
+        Forwarder { callback_addr, admin_addr, child, output, exit: None }
     }
 
     /// Starts the binary with `args` (see [`Forwarder::start_with_env`]).
