@@ -85,7 +85,10 @@ impl<'a> BodyFields<'a> {
         if exceeds_depth(body, MAX_BODY_DEPTH) {
             return Err(BodyError::TooDeep { max_depth: MAX_BODY_DEPTH });
         }
-        let top: TopLevel<'a> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        // UTF-8 is checked once for the whole body: from a slice, serde_json would check every string and raw
+        // value again on its own.
+        let text = std::str::from_utf8(body).map_err(|e| BodyError::InvalidJson(e.to_string()))?;
+        let top: TopLevel<'a> = serde_json::from_str(text).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => BodyError::NotAnObject,
             _ => BodyError::InvalidJson(e.to_string()),
         })?;
@@ -105,22 +108,14 @@ impl<'a> BodyFields<'a> {
 
     /// A string field, absent or null → `None`.
     pub(super) fn string(&self, field: Known) -> Result<Option<Cow<'a, str>>, BodyError> {
-        self.raw(field)
-            .map(|raw| {
-                serde_json::from_str::<CowStr<'a>>(raw.get())
-                    .map(|s| s.0)
-                    .map_err(|_| invalid(field, "a string or null"))
-            })
-            .transpose()
+        self.raw(field).map(|raw| json_string(raw).ok_or_else(|| invalid(field, "a string or null"))).transpose()
     }
 
     /// A required string field.
     pub(super) fn required_string(&self, field: Known) -> Result<Cow<'a, str>, BodyError> {
         match self.raw(field) {
             None => Err(BodyError::MissingField(field.name())),
-            Some(raw) => {
-                serde_json::from_str::<CowStr<'a>>(raw.get()).map(|s| s.0).map_err(|_| invalid(field, "a string"))
-            }
+            Some(raw) => json_string(raw).ok_or_else(|| invalid(field, "a string")),
         }
     }
 
@@ -142,9 +137,12 @@ impl<'a> BodyFields<'a> {
     pub(super) fn flag(&self, field: Known) -> Result<Option<bool>, BodyError> {
         self.raw(field)
             .map(|raw| {
-                serde_json::from_str::<LenientBool>(raw.get())
-                    .map(|b| b.0)
-                    .map_err(|_| invalid(field, "0, 1, true or false"))
+                let flag = match raw.get() {
+                    "true" | "1" | "\"1\"" => Some(true),
+                    "false" | "0" | "\"0\"" => Some(false),
+                    other => serde_json::from_str::<LenientBool>(other).ok().map(|b| b.0),
+                };
+                flag.ok_or_else(|| invalid(field, "0, 1, true or false"))
             })
             .transpose()
     }
@@ -161,7 +159,29 @@ impl<'a> BodyFields<'a> {
 
 /// A JSON integer or a string holding a decimal integer, within `T`'s range; `None` for anything else.
 pub(super) fn lenient_integer<T: TryFrom<i128>>(raw: &RawValue) -> Option<T> {
-    serde_json::from_str::<LenientInt>(raw.get()).ok().and_then(|n| T::try_from(n.0).ok())
+    // A JSON integer token, or a string without escapes, parses as Rust parses it: the common case, without a
+    // second JSON reader. Anything else (floats, escapes, huge numbers) takes the reader's path and rules.
+    let plain = unescaped_string(raw).unwrap_or(raw.get());
+    let n = match plain.parse::<i128>() {
+        Ok(n) => n,
+        Err(_) => serde_json::from_str::<LenientInt>(raw.get()).ok()?.0,
+    };
+    T::try_from(n).ok()
+}
+
+/// A JSON string value, borrowed unless it holds escapes; `None` if `raw` is not a string.
+fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match unescaped_string(raw) {
+        Some(text) => Some(Cow::Borrowed(text)),
+        None => serde_json::from_str::<CowStr<'_>>(raw.get()).ok().map(|s| s.0),
+    }
+}
+
+/// The contents of a string token without escapes. The reader already validated the token, so between its
+/// quotes there is no quote, no control character and no backslash: the text is the value.
+fn unescaped_string(raw: &RawValue) -> Option<&str> {
+    let text = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    (!text.contains('\\')).then_some(text)
 }
 
 fn invalid(field: Known, expected: &'static str) -> BodyError {
@@ -172,21 +192,24 @@ fn invalid(field: Known, expected: &'static str) -> BodyError {
 /// Exact for valid JSON; on invalid JSON the answer does not matter, parsing fails either way.
 fn exceeds_depth(body: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut at = 0;
+    while let Some(&byte) = body.get(at) {
+        match byte {
+            b'"' => {
+                // Most of a body is string contents: jump from backslash to backslash to the closing quote.
+                at += 1;
+                loop {
+                    let Some(rest) = body.get(at..) else { return false };
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        None => return false,
+                        Some(found) if rest[found] == b'\\' => at += found + 2,
+                        Some(found) => {
+                            at += found;
+                            break;
+                        }
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -196,6 +219,7 @@ fn exceeds_depth(body: &[u8], max: usize) -> bool {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        at += 1;
     }
     false
 }
@@ -446,6 +470,45 @@ mod tests {
         ] {
             let err = parse(body).unwrap_err();
             assert!(matches!(err, BodyError::InvalidJson(_)), "{body:?}: {err:?}");
+        }
+    }
+
+    /// The byte-by-byte definition `exceeds_depth` must agree with.
+    fn exceeds_depth_bytewise(body: &[u8], max: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &b in body {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn depth_check_agrees_with_its_bytewise_definition(
+            body in proptest::collection::vec(proptest::sample::select(b"[]{}\"\\ax".to_vec()), 0..64),
+            max in 0usize..6,
+        ) {
+            proptest::prop_assert_eq!(exceeds_depth(&body, max), exceeds_depth_bytewise(&body, max));
         }
     }
 

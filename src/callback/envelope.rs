@@ -3,15 +3,12 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
-use serde::ser::{SerializeStruct, Serializer};
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::body::{lenient_integer, BodyFields, Known};
 use super::error::BodyError;
-use super::event::{
-    event_id, exception_event, millis_to_time, resolve_command, ExceptionEvent, Rfc3339Millis, EXCEPTION_COMMAND,
-};
+use super::event::{event_id, exception_event, millis_to_time, resolve_command, ExceptionEvent, EXCEPTION_COMMAND};
+use super::json::JsonObject;
 use super::query::AuthenticatedQuery;
 
 /// Value of the envelope's `schema` field and of the record's `schema` header.
@@ -139,29 +136,20 @@ impl CallbackEnvelope<'_> {
 
     /// The envelope as `tencent.im.callback/v1` JSON, fields in schema order.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(384 + self.body.get().len());
-        // Cannot fail: writing to a Vec is infallible, keys are strings, and timestamps are range-checked.
-        serde_json::to_writer(&mut out, self).expect("envelope serialization is infallible");
-        out
-    }
-}
-
-impl Serialize for CallbackEnvelope<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("CallbackEnvelope", 12)?;
-        s.serialize_field("schema", SCHEMA_CALLBACK_V1)?;
-        s.serialize_field("event_id", &self.event_id)?;
-        s.serialize_field("sdk_app_id", &self.sdk_app_id)?;
-        s.serialize_field("callback_command", &self.callback_command)?;
-        s.serialize_field("received_at", &Rfc3339Millis(Some(self.received_at)))?;
-        s.serialize_field("client_ip", &self.client_ip)?;
-        s.serialize_field("opt_platform", &self.opt_platform)?;
-        s.serialize_field("group_id", &self.group_id)?;
-        s.serialize_field("from_account", &self.from_account)?;
-        s.serialize_field("event_time_ms", &self.event_time_ms)?;
-        s.serialize_field("event_time", &Rfc3339Millis(self.event_time_ms.and_then(millis_to_time)))?;
-        s.serialize_field("body", self.body)?;
-        s.end()
+        let mut json = JsonObject::with_capacity(384 + self.body.get().len());
+        json.field("schema", SCHEMA_CALLBACK_V1)
+            .field("event_id", &self.event_id)
+            .field("sdk_app_id", &self.sdk_app_id)
+            .field("callback_command", &self.callback_command)
+            .field("received_at", &self.received_at)
+            .field("client_ip", &self.client_ip)
+            .field("opt_platform", &self.opt_platform)
+            .field("group_id", &self.group_id)
+            .field("from_account", &self.from_account)
+            .field("event_time_ms", &self.event_time_ms)
+            .field("event_time", &self.event_time_ms.and_then(millis_to_time))
+            .field("body", self.body);
+        json.finish()
     }
 }
 

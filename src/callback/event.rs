@@ -3,14 +3,13 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct, Serializer};
-use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::body::{BodyFields, Known};
 use super::category::ErrorCategory;
 use super::error::BodyError;
+use super::json::{JsonObject, Verbatim};
 use super::query::AuthenticatedQuery;
 
 /// The callback command this service publishes.
@@ -18,9 +17,6 @@ pub const EXCEPTION_COMMAND: &str = "Group.CallbackSendMsgException";
 
 /// Value of the event's `schema` field and of the record's `schema` header.
 pub const SCHEMA_V1: &str = "tencent.im.group.send_msg_exception/v1";
-
-// First instant humantime cannot format (year 10000), in milliseconds.
-const RFC3339_LIMIT_MS: i64 = 253_402_300_800_000;
 
 /// What an authenticated callback turned out to be.
 // The exception variant is the hot path: boxing it would add an allocation per request to save a move.
@@ -39,19 +35,11 @@ pub enum Classified<'a> {
 /// The event ID: lowercase hex SHA-256 over the decimal `sdk_app_id`, `"\n"`, and the raw body bytes.
 /// Also the key of dead letters.
 pub fn event_id(sdk_app_id: u64, body: &[u8]) -> String {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut n = sdk_app_id;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let hash = Sha256::new().chain_update(&digits[start..]).chain_update(b"\n").chain_update(body).finalize();
-    hex::encode(hash)
+    let mut digits = itoa::Buffer::new();
+    let hash = Sha256::new().chain_update(digits.format(sdk_app_id)).chain_update(b"\n").chain_update(body).finalize();
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(hash, &mut hex).expect("32 bytes are 64 hex digits");
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
 }
 
 /// Parses the body once, resolves `CallbackCommand` (query vs body), and for the exception command
@@ -134,6 +122,7 @@ pub(super) fn exception_event<'a>(
         client_ip: query.client_ip.as_deref(),
         opt_platform: query.opt_platform.as_deref(),
         extra: fields.extra,
+        body_len: body.len(),
     })
 }
 
@@ -159,6 +148,7 @@ pub struct ExceptionEvent<'a> {
     client_ip: Option<&'a str>,
     opt_platform: Option<&'a str>,
     extra: Vec<(Cow<'a, str>, &'a RawValue)>,
+    body_len: usize,
 }
 
 impl ExceptionEvent<'_> {
@@ -204,86 +194,36 @@ impl ExceptionEvent<'_> {
 
     /// The event as schema v1 JSON, fields in SPEC order.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(512 + self.msg_body.map_or(0, |b| b.get().len()));
-        // Cannot fail: writing to a Vec is infallible, keys are strings, and timestamps are range-checked.
-        serde_json::to_writer(&mut out, self).expect("event serialization is infallible");
-        out
-    }
-}
-
-impl Serialize for ExceptionEvent<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ExceptionEvent", 21)?;
-        s.serialize_field("schema", SCHEMA_V1)?;
-        s.serialize_field("event_id", &self.event_id)?;
-        s.serialize_field("sdk_app_id", &self.sdk_app_id)?;
-        s.serialize_field("callback_command", &self.callback_command)?;
-        s.serialize_field("group_id", &self.group_id)?;
-        s.serialize_field("group_type", &self.group_type)?;
-        s.serialize_field("from_account", &self.from_account)?;
-        s.serialize_field("operator_account", &self.operator_account)?;
-        s.serialize_field("random", &self.random)?;
-        s.serialize_field("online_only", &self.online_only)?;
-        s.serialize_field("msg_body", &MsgBody(self.msg_body))?;
-        s.serialize_field("cloud_custom_data", &self.cloud_custom_data)?;
-        s.serialize_field("error_code", &self.error_code)?;
-        s.serialize_field("error_info", &self.error_info)?;
-        s.serialize_field("error_category", &self.category)?;
-        s.serialize_field("event_time_ms", &self.event_time_ms)?;
-        s.serialize_field("event_time", &Rfc3339Millis(self.event_time_ms.and_then(millis_to_time)))?;
-        s.serialize_field("received_at", &Rfc3339Millis(Some(self.received_at)))?;
-        s.serialize_field("client_ip", &self.client_ip)?;
-        s.serialize_field("opt_platform", &self.opt_platform)?;
-        s.serialize_field("extra", &Extra(&self.extra))?;
-        s.end()
-    }
-}
-
-/// `MsgBody` verbatim, `[]` when absent.
-struct MsgBody<'a>(Option<&'a RawValue>);
-
-impl Serialize for MsgBody<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Some(raw) => raw.serialize(serializer),
-            None => serializer.serialize_seq(Some(0))?.end(),
-        }
-    }
-}
-
-/// RFC 3339 UTC with milliseconds, or null when absent or outside years 1970–9999.
-pub(super) struct Rfc3339Millis(pub(super) Option<SystemTime>);
-
-impl Serialize for Rfc3339Millis {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0.filter(|t| formattable(*t)) {
-            Some(t) => serializer.collect_str(&humantime::format_rfc3339_millis(t)),
-            None => serializer.serialize_none(),
-        }
-    }
-}
-
-/// Unknown body fields as an object, in body order.
-struct Extra<'s, 'a>(&'s [(Cow<'a, str>, &'a RawValue)]);
-
-impl Serialize for Extra<'_, '_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, value) in self.0 {
-            map.serialize_entry(key, value)?;
-        }
-        map.end()
+        // The event holds most of the body, plus its own keys, timestamps and event ID.
+        let mut json = JsonObject::with_capacity(self.body_len + 640);
+        json.field("schema", SCHEMA_V1)
+            .field("event_id", &self.event_id)
+            .field("sdk_app_id", &self.sdk_app_id)
+            .field("callback_command", &self.callback_command)
+            .field("group_id", &self.group_id)
+            .field("group_type", &self.group_type)
+            .field("from_account", &self.from_account)
+            .field("operator_account", &self.operator_account)
+            .field("random", &self.random)
+            .field("online_only", &self.online_only)
+            .field("msg_body", &Verbatim(self.msg_body.map_or("[]", RawValue::get)))
+            .field("cloud_custom_data", &self.cloud_custom_data)
+            .field("error_code", &self.error_code)
+            .field("error_info", &self.error_info)
+            .field("error_category", self.category.as_str())
+            .field("event_time_ms", &self.event_time_ms)
+            .field("event_time", &self.event_time_ms.and_then(millis_to_time))
+            .field("received_at", &self.received_at)
+            .field("client_ip", &self.client_ip)
+            .field("opt_platform", &self.opt_platform)
+            .field("extra", self.extra.as_slice());
+        json.finish()
     }
 }
 
 pub(super) fn millis_to_time(ms: i64) -> Option<SystemTime> {
     let ms = u64::try_from(ms).ok()?;
     UNIX_EPOCH.checked_add(Duration::from_millis(ms))
-}
-
-// humantime panics before the epoch and fails from year 10000 on.
-fn formattable(t: SystemTime) -> bool {
-    t.duration_since(UNIX_EPOCH).is_ok_and(|d| d.as_millis() < RFC3339_LIMIT_MS as u128)
 }
 
 #[cfg(test)]

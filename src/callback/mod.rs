@@ -6,6 +6,7 @@ mod command;
 mod envelope;
 mod error;
 mod event;
+mod json;
 #[cfg(test)]
 mod proptests;
 mod query;

@@ -646,6 +646,13 @@ impl CallbackInput {
 // Cases per property: proptest's default (256), or PROPTEST_CASES for a longer run.
 proptest! {
     #[test]
+    fn query_pairs_match_form_urlencoded(query in any_query()) {
+        let split: Vec<_> = super::query::decoded_pairs(&query).collect();
+        let parsed: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+        prop_assert_eq!(split, parsed);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(query in any_query(), body in prop::collection::vec(any::<u8>(), 0..256)) {
         check_request(&query, &body, NOW);
         check_request(&format!("SdkAppid={APP}&CallbackCommand={EXCEPTION_COMMAND}"), &body, NOW);

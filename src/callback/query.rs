@@ -61,7 +61,7 @@ impl<'q> RawQuery<'q> {
         let mut query = RawQuery { raw, values: Default::default() };
         let mut seen = [false; Param::COUNT];
         let pairs = raw.strip_prefix('?').unwrap_or(raw);
-        for (name, value) in form_urlencoded::parse(pairs.as_bytes()) {
+        for (name, value) in decoded_pairs(pairs) {
             let Some(param) = Param::from_name(&name) else {
                 continue;
             };
@@ -125,6 +125,20 @@ impl<'q> RawQuery<'q> {
     }
 }
 
+/// The `application/x-www-form-urlencoded` pairs of `query`, as `form_urlencoded::parse` yields them. Tencent's
+/// queries have nothing to decode, so those are split in place, without the crate's per-pair UTF-8 decoding.
+pub(super) fn decoded_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    let plain = !query.bytes().any(|b| b == b'%' || b == b'+');
+    let split = plain.then(|| {
+        query.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (Cow::Borrowed(name), Cow::Borrowed(value))
+        })
+    });
+    let decoded = (!plain).then(|| form_urlencoded::parse(query.as_bytes()));
+    split.into_iter().flatten().chain(decoded.into_iter().flatten())
+}
+
 /// A query whose `SdkAppid` is one of ours and whose `Sign` verified (when the app has tokens).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthenticatedQuery<'q> {
@@ -168,6 +182,28 @@ mod tests {
         assert_eq!(q.client_ip(), Some("2001:db8::1"));
         assert_eq!(q.opt_platform(), Some("Windows Phone"));
         assert_eq!(q.raw(), "?ClientIP=2001%3Adb8%3A%3A1&OptPlatform=Windows+Phone");
+    }
+
+    #[test]
+    fn plain_queries_split_exactly_as_form_urlencoded_parses_them() {
+        for raw in [
+            "",
+            "&",
+            "=",
+            "a",
+            "a=",
+            "=b",
+            "a=b=c",
+            "&&a=1&&b=2&",
+            "SdkAppid=1400000000&CallbackCommand=Group.CallbackSendMsgException&contenttype=json&ClientIP=10.0.0.1",
+            "Sign=abc&RequestTime=1&OptPlatform=Web&x=y;z",
+            "k=v%20w&ClientIP=1",
+            "k=v+w",
+        ] {
+            let split: Vec<_> = decoded_pairs(raw).collect();
+            let parsed: Vec<_> = form_urlencoded::parse(raw.as_bytes()).collect();
+            assert_eq!(split, parsed, "{raw:?}");
+        }
     }
 
     #[test]

@@ -273,7 +273,8 @@ impl CallbackEdge {
         if self.closed.load(Ordering::SeqCst) {
             return Err(EdgeError::ShuttingDown);
         }
-        let sdk_app_id = authenticated.sdk_app_id.to_string();
+        let mut sdk_app_id = itoa::Buffer::new();
+        let sdk_app_id = sdk_app_id.format(authenticated.sdk_app_id);
         let (json, key, schema) = match normalized {
             Normalized::Exception(event) => (event.to_json(), event.group_id(), SCHEMA_V1),
             Normalized::Callback(envelope) => (envelope.to_json(), envelope.record_key(), SCHEMA_CALLBACK_V1),

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -134,8 +134,6 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Whether any request has started on this connection.
     served: AtomicBool,
-    /// Wakes the driver when a response is done, so that it recomputes the deadline.
-    response_done: Notify,
 }
 
 impl Activity {
@@ -224,7 +222,6 @@ async fn drive_connection<H, Fut>(
         head_started_nanos: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         served: AtomicBool::new(false),
-        response_done: Notify::new(),
     });
     let tracker = activity.clone();
     let service = service_fn(move |request| {
@@ -237,7 +234,6 @@ async fn drive_connection<H, Fut>(
             let response = response.await;
             tracker.last_response_nanos.store(tracker.since_opened(), Ordering::Release);
             tracker.in_flight.fetch_sub(1, Ordering::AcqRel);
-            tracker.response_done.notify_one();
             Ok::<_, Infallible>(response)
         }
     });
@@ -245,9 +241,13 @@ async fn drive_connection<H, Fut>(
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut closing = false;
+    // The timer is only a lower bound of the real deadline, checked when it fires: re-arming it on every request
+    // would cost a wake-up and two timer-wheel operations per request. Any deadline that starts later is at least
+    // the shorter of the two timeouts away, so waking that often never closes a connection late.
+    let recheck = limits.header_read_timeout.min(limits.keep_alive_timeout);
+    let timer = tokio::time::sleep_until(next_check(&activity, &limits, recheck));
+    tokio::pin!(timer);
     loop {
-        // While a request is served, look again later; its body and handler have their own limits.
-        let deadline = activity.deadline(&limits).unwrap_or_else(|| Instant::now() + limits.header_read_timeout);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
@@ -255,18 +255,24 @@ async fn drive_connection<H, Fut>(
                 }
                 return;
             }
-            () = activity.response_done.notified() => {}
             _ = stopping.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = tokio::time::sleep_until(deadline) => {
+            () = timer.as_mut() => {
                 if activity.deadline(&limits).is_some_and(|deadline| Instant::now() >= deadline) {
                     // Dropping the connection closes the socket: a half-sent head would survive a graceful shutdown.
                     debug!(%peer, "closing a slow or idle connection");
                     return;
                 }
+                timer.as_mut().reset(next_check(&activity, &limits, recheck));
             }
         }
     }
+}
+
+/// When to look at the connection's deadline again: at the deadline itself, but no later than `recheck` from now.
+fn next_check(activity: &Activity, limits: &ConnectionLimits, recheck: Duration) -> Instant {
+    let soonest = Instant::now() + recheck;
+    activity.deadline(limits).map_or(soonest, |deadline| deadline.min(soonest))
 }
