@@ -8,7 +8,9 @@
 # release forwarder (token set, JSON logs, addresses read from its "listening" line), the ceiling example
 # and the loadgen example, then runs:
 #   1. closed-loop saturation, ceiling and forwarder alternating (SAT_ROUNDS rounds of SAT_SECS/SAT_ROUNDS s
-#      each, same connections and body mix), so both see the same background load;
+#      each, same connections and body mix), so both see the same background load; with FLOOR=1 (default) a
+#      third server takes turns too, the *Kafka floor* (the ceiling example with --kafka: the bare server
+#      that also produces each body to Kafka, on its own topic), the least any publishing server must do;
 #   2. a restart of the forwarder (graceful; its counts are kept), so that the fixed-rate RSS is its own;
 #   3. open-loop RATE/s against the forwarder (and, if RATE_CEILING=1, the ceiling) for RATE_SECS s;
 # and reports throughput, forwarder/ceiling ratio, ack latency p50/p99/p99.9, peak RSS (VmHWM, reset per
@@ -17,7 +19,7 @@
 # Exit status 0 even when a target is missed: the summary marks each check PASS or FAIL.
 #
 # Environment (defaults): SAT_SECS=20 SAT_ROUNDS=2 SAT_CONNECTIONS=32 RATE=5000 RATE_SECS=20
-# RATE_CONNECTIONS=64 RATE_CEILING=1 PHASES=saturation,rate WARMUP_SECS=2 LOADGEN_THREADS=1 PARTITIONS=3
+# RATE_CONNECTIONS=64 RATE_CEILING=1 FLOOR=1 PHASES=saturation,rate WARMUP_SECS=2 LOADGEN_THREADS=1 PARTITIONS=3
 # TOKEN SDK_APP_ID FORWARDER_ARGS (extra forwarder flags, e.g. "--durability disk --spool-dir DIR" or
 # "-X linger.ms=20") FORWARDER_ENV (NAME=VALUE words for the forwarder only, e.g. TOKIO_WORKER_THREADS=1)
 # LABEL (a name for this configuration in the summary) REV (build the forwarder of this commit from a
@@ -40,6 +42,8 @@ RATE=${RATE:-5000}
 RATE_SECS=${RATE_SECS:-20}
 RATE_CONNECTIONS=${RATE_CONNECTIONS:-64}
 RATE_CEILING=${RATE_CEILING:-1}
+FLOOR=${FLOOR:-1}
+FLOOR_TOPIC=$TOPIC.bench-floor
 WARMUP_SECS=${WARMUP_SECS:-2}
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}
 LABEL=${LABEL:-memory}
@@ -60,15 +64,27 @@ STARTED_PIDS+=("$CEILING_PID")
 CEILING_ADDR=$(wait_for_line "$OUT/ceiling.log" 'listening on' 10 "$CEILING_PID" | awk '{ print $NF }') ||
     die "ceiling did not start"
 log "ceiling on $CEILING_ADDR (pid $CEILING_PID)"
+targets=("$CEILING_ADDR" "$CALLBACK_ADDR")
+if [[ $FLOOR == 1 ]]; then
+    "$TANSU" topic create "$FLOOR_TOPIC" --broker "tcp://127.0.0.1:$BROKER_PORT" --partitions "$PARTITIONS" \
+        >>"$OUT/tansu-topics.log" 2>&1 || die "could not create $FLOOR_TOPIC (see $OUT/tansu-topics.log)"
+    "$CEILING" --exit-after 3600 --kafka "127.0.0.1:$BROKER_PORT" --topic "$FLOOR_TOPIC" >"$OUT/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    STARTED_PIDS+=("$FLOOR_PID")
+    FLOOR_ADDR=$(wait_for_line "$OUT/floor.log" 'listening on' 10 "$FLOOR_PID" | awk '{ print $NF }') ||
+        die "Kafka floor did not start"
+    log "Kafka floor on $FLOOR_ADDR (pid $FLOOR_PID), publishing to $FLOOR_TOPIC"
+    targets+=("$FLOOR_ADDR")
+fi
 
 # Load before measuring, and a check that both servers answer every signed callback with the OK ack.
-for target in "$CEILING_ADDR" "$CALLBACK_ADDR"; do
+for target in "${targets[@]}"; do
     check=$("$LOADGEN" --target "$target" --token "$TOKEN" --sdk-app-id "$SDK_APP_ID" -c 4 -d 3 --warmup 0 \
         --max-requests 2000 --label check 2>/dev/null)
     [[ $(jq '.ok == .measured and .measured > 0 and .bad_ack == 0 and .errors == 0' <<<"$check") == true ]] ||
         die "sanity check against $target failed: $check"
 done
-log "sanity check passed: both servers answer signed callbacks with the exact OK ack"
+log "sanity check passed: every server answers signed callbacks with the exact OK ack"
 
 # phase NAME SERVER(ceiling|forwarder) PID ADDR loadgen-args...: one loadgen run plus server-side figures.
 phase() {
@@ -132,6 +148,9 @@ for ((round = 1; round <= SAT_ROUNDS; round++)); do
     log "saturation round $round/$SAT_ROUNDS: closed loop, $SAT_CONNECTIONS connections, $round_secs s per server"
     phase "saturation-ceiling-$round" ceiling "$CEILING_PID" "$CEILING_ADDR" -c "$SAT_CONNECTIONS" -d "$round_secs"
     phase "saturation-forwarder-$round" forwarder "$FWD_PID" "$CALLBACK_ADDR" -c "$SAT_CONNECTIONS" -d "$round_secs"
+    if [[ $FLOOR == 1 ]]; then
+        phase "saturation-floor-$round" floor "$FLOOR_PID" "$FLOOR_ADDR" -c "$SAT_CONNECTIONS" -d "$round_secs"
+    fi
 done
 if [[ ,$PHASES, == *,rate,* ]]; then
     if ((SAT_ROUNDS > 0)); then

@@ -97,6 +97,7 @@ def aggregate(server, mode):
 
 
 sat_c, sat_f = aggregate("ceiling", "closed"), aggregate("forwarder", "closed")
+sat_k = aggregate("floor", "closed")
 rate_f, rate_c = aggregate("forwarder", "open"), aggregate("ceiling", "open")
 events = kafka["events"]
 ratio = sat_f["throughput"] / sat_c["throughput"] if sat_c and sat_f else None
@@ -107,7 +108,7 @@ checks = {
     "accepted == delivered (records consumed)": events["records"] == kafka["accepted"] and not events["timed_out"],
     "every delivered record has a distinct event_id": events["distinct_event_ids"] == events["records"],
     "no dead letters (every generated body valid)": kafka["dead_letters"]["records"] == 0,
-    "no failed requests": all(a is None or a["failed"] == 0 for a in (sat_c, sat_f, rate_f, rate_c)),
+    "no failed requests": all(a is None or a["failed"] == 0 for a in (sat_c, sat_f, sat_k, rate_f, rate_c)),
 }
 
 rate = next((p["rate"] for p in phases if p["mode"] == "open"), None)
@@ -126,6 +127,13 @@ if sat_c and sat_f:
         f"saturation (closed loop): ceiling {sat_c['throughput']:.0f} req/s, forwarder {sat_f['throughput']:.0f} req/s,"
         f" ratio {ratio:.3f}",
         f"  CPU s per 1,000 callbacks: ceiling {fmt(sat_c['cpu_s_per_1k'], 3)}, forwarder {fmt(sat_f['cpu_s_per_1k'], 3)}",
+    ]
+if sat_c and sat_k:
+    lines += [
+        f"Kafka floor (the ceiling that also produces each body to Kafka): {sat_k['throughput']:.0f} req/s,"
+        f" floor/ceiling {sat_k['throughput'] / sat_c['throughput']:.3f},"
+        f" CPU s per 1,000 callbacks {fmt(sat_k['cpu_s_per_1k'], 3)}"
+        + (f"; forwarder/floor {sat_f['throughput'] / sat_k['throughput']:.3f}" if sat_f else ""),
     ]
 if rate_f:
     lines += [
@@ -150,7 +158,7 @@ print("\n".join(lines))
 (out / "summary.json").write_text(
     json.dumps(
         {
-            "saturation": {"ceiling": sat_c, "forwarder": sat_f, "ratio": ratio},
+            "saturation": {"ceiling": sat_c, "forwarder": sat_f, "floor": sat_k, "ratio": ratio},
             "rate": {"rate": rate, "forwarder": rate_f, "ceiling": rate_c},
             "kafka": kafka,
             "checks": checks,

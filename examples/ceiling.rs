@@ -5,8 +5,13 @@
 //! Whatever the forwarder does beyond this is its cost, including its own connection bookkeeping (the
 //! connection-count semaphore and the idle-connection reaper of `drive_connection`), left out here.
 //!
+//! With `--kafka BROKERS --topic TOPIC` it is the *Kafka floor* instead: the same server, which also hands
+//! each body, as it came, to librdkafka with the forwarder's producer defaults (idempotent, acks=all, lz4,
+//! linger 20 ms) before answering. No key, no headers, delivery reports ignored: the least any server that
+//! publishes each callback to Kafka has to do, whatever it does about parsing and checking.
+//!
 //! ```text
-//! cargo run --release --example ceiling -- [--listen 127.0.0.1:0] [--exit-after SECS]
+//! cargo run --release --example ceiling -- [--listen 127.0.0.1:0] [--exit-after SECS] [--kafka BROKERS --topic T]
 //! ```
 //! Prints `ceiling listening on IP:PORT` (the bound address) on stdout, then serves until SIGTERM/SIGINT or
 //! `--exit-after` seconds (default 3600), so a forgotten instance does not live forever.
@@ -24,6 +29,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use im_callback_forwarder::sink::DEFAULT_PRODUCER_PROPERTIES;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use tokio::net::TcpListener;
 
 /// Same as the forwarder's `HEADER_READ_TIMEOUT`.
@@ -33,19 +41,32 @@ const MAX_BODY_BYTES: usize = 65536;
 /// The acknowledgement Tencent expects, byte for byte (the forwarder's `OK_BODY`).
 const OK_BODY: &[u8] = br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
 
-async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Where the Kafka floor publishes.
+struct Publish {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+async fn answer(request: Request<Incoming>, publish: Option<&Publish>) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the body: every real server must take it off the connection before the next request.
     let read = Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await;
     let mut response = Response::new(Full::new(Bytes::from_static(OK_BODY)));
-    if read.is_err() {
-        *response.status_mut() = StatusCode::BAD_REQUEST;
+    match (read, publish) {
+        (Err(_), _) => *response.status_mut() = StatusCode::BAD_REQUEST,
+        (Ok(body), Some(publish)) => {
+            let body = body.to_bytes();
+            if publish.producer.send(BaseRecord::<(), [u8]>::to(&publish.topic).payload(&body[..])).is_err() {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+        }
+        (Ok(_), None) => {}
     }
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ceiling [--listen IP:PORT] [--exit-after SECS]");
+    eprintln!("usage: ceiling [--listen IP:PORT] [--exit-after SECS] [--kafka BROKERS --topic TOPIC]");
     std::process::exit(2);
 }
 
@@ -53,6 +74,7 @@ fn usage() -> ! {
 async fn main() -> std::io::Result<()> {
     let mut listen: SocketAddr = "127.0.0.1:0".parse().expect("valid default");
     let mut exit_after = Duration::from_secs(3600);
+    let (mut brokers, mut topic) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -60,9 +82,23 @@ async fn main() -> std::io::Result<()> {
             "--exit-after" => {
                 exit_after = Duration::from_secs(args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()))
             }
+            "--kafka" => brokers = Some(args.next().unwrap_or_else(|| usage())),
+            "--topic" => topic = Some(args.next().unwrap_or_else(|| usage())),
             _ => usage(),
         }
     }
+    let publish: Option<&'static Publish> = match (brokers, topic) {
+        (Some(brokers), Some(topic)) => {
+            let mut config = ClientConfig::new();
+            for (key, value) in DEFAULT_PRODUCER_PROPERTIES {
+                config.set(*key, *value);
+            }
+            let producer = config.set("bootstrap.servers", brokers).create().map_err(std::io::Error::other)?;
+            Some(Box::leak(Box::new(Publish { producer, topic })))
+        }
+        (None, None) => None,
+        _ => usage(),
+    };
 
     let listener = TcpListener::bind(listen).await?;
     {
@@ -90,13 +126,18 @@ async fn main() -> std::io::Result<()> {
                 let _ = stream.set_nodelay(true);
                 let builder = builder.clone();
                 tokio::spawn(async move {
-                    let _ = builder.serve_connection(TokioIo::new(stream), service_fn(answer)).await;
+                    let service = service_fn(move |request| answer(request, publish));
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                 });
             }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             () = &mut deadline => break,
         }
+    }
+    if let Some(publish) = publish {
+        use rdkafka::producer::Producer;
+        let _ = publish.producer.flush(Duration::from_secs(30));
     }
     Ok(())
 }

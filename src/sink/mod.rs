@@ -4,4 +4,6 @@ mod embedded;
 mod kafka;
 
 pub use embedded::{EmbeddedKafka, ReadBackLogger};
-pub use kafka::{Durability, FlushReport, KafkaSink, Outgoing, SinkError, SinkHealth, SinkSettings};
+pub use kafka::{
+    Durability, FlushReport, KafkaSink, Outgoing, SinkError, SinkHealth, SinkSettings, DEFAULT_PRODUCER_PROPERTIES,
+};
