@@ -15,7 +15,7 @@ use hyper::{Request, Response};
 use tracing::{debug, error};
 
 use super::answer;
-use super::replay::{CaseFolded, ReplayCache};
+use super::replay::{CaseFolded, ReplayCache, GENERATION_ENTRIES};
 use super::source::SourcePolicy;
 use crate::callback::{
     self, AppRegistry, AuthenticatedQuery, BodyError, Disposition, Normalized, RawQuery, RejectError, RouteRefusal,
@@ -172,7 +172,7 @@ impl CallbackEdge {
         let retention = settings.apps.max_clock_skew().max(Duration::from_secs(1)) * 2;
         CallbackEdge {
             settings,
-            replays: ReplayCache::new(retention, 1 << 20),
+            replays: ReplayCache::new(retention, GENERATION_ENTRIES),
             sink,
             metrics,
             closed: AtomicBool::new(false),

@@ -7,6 +7,10 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Most fingerprints per generation by default. hashbrown fills at most 7/8 of its buckets, so this many fill a
+/// table of 2^20 buckets (9 MiB) exactly; 2^20 entries would need 2^21 buckets (18 MiB) for 14 % more entries.
+pub const GENERATION_ENTRIES: usize = (1 << 20) / 8 * 7;
+
 /// A two-generation set of 64-bit fingerprints: an entry lives at least `retention` and at most twice that.
 pub struct ReplayCache {
     hasher: RandomState,
@@ -50,8 +54,13 @@ impl ReplayCache {
     pub fn first_time(&self, fingerprint: u64) -> bool {
         let mut generations = self.generations.lock().expect("replay cache lock");
         if generations.started.elapsed() >= self.retention || generations.current.len() >= self.max_entries {
+            // The oldest generation's table becomes the new current one, emptied but with its capacity: after a
+            // burst, later generations neither grow again (rehashing every entry at each doubling) nor hold
+            // an old and a new table at once, which made the memory peaks.
             let retired = std::mem::take(&mut generations.current);
-            generations.previous = retired;
+            let mut reused = std::mem::replace(&mut generations.previous, retired);
+            reused.clear();
+            generations.current = reused;
             generations.started = Instant::now();
         }
         if generations.previous.contains(&fingerprint) {
@@ -105,6 +114,30 @@ mod tests {
         assert!(cache.first_time(a), "forgotten after two generations");
         cache.forget(a);
         assert!(cache.first_time(a));
+    }
+
+    #[test]
+    fn a_full_generation_fits_a_table_of_2_pow_20_buckets() {
+        let mut set = FingerprintSet::default();
+        let hasher = RandomState::new();
+        for n in 0..GENERATION_ENTRIES as u64 {
+            set.insert(hasher.hash_one(n));
+        }
+        assert_eq!(set.len(), GENERATION_ENTRIES);
+        assert_eq!(set.capacity(), GENERATION_ENTRIES, "the table grew past 2^20 buckets");
+    }
+
+    #[test]
+    fn a_retired_generation_table_is_reused_with_its_capacity() {
+        let cache = ReplayCache::new(Duration::from_secs(60), 1000);
+        // 1,000 entries fill the first generation, 1,000 the second; the 2,001st starts the third generation in
+        // the first one's table.
+        for n in 0..2001u64 {
+            assert!(cache.first_time(cache.fingerprint(n)));
+        }
+        let generations = cache.generations.lock().unwrap();
+        assert_eq!((generations.current.len(), generations.previous.len()), (1, 1000));
+        assert!(generations.current.capacity() >= 1000, "a fresh table would have grown to 1 entry only");
     }
 
     #[test]
