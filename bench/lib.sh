@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by bench/run.sh and bench/profile.sh (sourced, not run).
 # Everything here talks to 127.0.0.1 only, and every wait is bounded.
 
