@@ -243,8 +243,9 @@ async fn drive_connection<H, Fut>(
     let mut closing = false;
     // The timer is only a lower bound of the real deadline, checked when it fires: re-arming it on every request
     // would cost a wake-up and two timer-wheel operations per request. Any deadline that starts later is at least
-    // the shorter of the two timeouts away, so waking that often never closes a connection late.
-    let recheck = limits.header_read_timeout.min(limits.keep_alive_timeout);
+    // the shorter of the two timeouts away, so waking that often never closes a connection late. The 10 ms floor
+    // keeps a zero timeout from making the driver spin.
+    let recheck = limits.header_read_timeout.min(limits.keep_alive_timeout).max(Duration::from_millis(10));
     let timer = tokio::time::sleep_until(next_check(&activity, &limits, recheck));
     tokio::pin!(timer);
     loop {
