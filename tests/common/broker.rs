@@ -66,8 +66,7 @@ impl Broker {
             let dir = tempfile::tempdir().expect("tempdir for tansu");
             let log = File::create(dir.path().join("tansu.log")).expect("tansu log file");
             let url = format!("tcp://127.0.0.1:{port}");
-            let mut child = tansu_command(&bin, &url, "imcf-test", dir.path(), log)
-                .spawn()
+            let mut child = super::spawn_owned(tansu_command(&bin, &url, "imcf-test", dir.path(), log))
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {

@@ -129,9 +129,9 @@ impl Tansu {
             self.starts += 1;
             let log_path = self.log_path();
             let log = File::create(&log_path).expect("tansu log file");
-            let mut child = super::broker::tansu_command(&bin, &url, "imcf-faults", self.dir.path(), log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let mut child =
+                super::spawn_owned(super::broker::tansu_command(&bin, &url, "imcf-faults", self.dir.path(), log))
+                    .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {

@@ -138,8 +138,8 @@ pub struct Listening {
 
 /// Spawns `cmd` (a [`command`] with `--log-format json`), collects its output, and waits up to 30 s for the
 /// "listening" line; panics with `context` and the output if it exits or never logs it.
-pub fn spawn_listening(mut cmd: Command, context: &str) -> Listening {
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+pub fn spawn_listening(cmd: Command, context: &str) -> Listening {
+    let mut child = super::spawn_owned(cmd).unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
     let output = Arc::new(Output::default());
     read_lines(child.stdout.take().expect("stdout"), "stdout", output.clone());
     read_lines(child.stderr.take().expect("stderr"), "stderr", output.clone());
@@ -312,7 +312,7 @@ pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> (
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    let mut child = super::spawn_owned(cmd).unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
     let output = Arc::new(Output::default());
     let out = read_lines(child.stdout.take().unwrap(), "stdout", output.clone());
     let err = read_lines(child.stderr.take().unwrap(), "stderr", output.clone());

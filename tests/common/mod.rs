@@ -14,13 +14,55 @@ pub mod kafka;
 pub mod metrics;
 pub mod tencent;
 
+use std::io;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 // Not every test binary uses both.
 #[allow(unused_imports)]
 pub use broker::Broker;
 pub use forwarder::Forwarder;
+
+/// Starts `cmd` so that the child is killed when this test process dies, however it dies: a killed or timed-out
+/// test binary would otherwise leave brokers and forwarders running. The kernel sends the parent-death signal
+/// when the *thread* that forked the child exits, so every child is forked by one thread that lives as long as
+/// the process (test threads end with their test, and a shared broker outlives the test that started it).
+pub fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("child-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in incoming {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the child-spawner thread");
+        Mutex::new(requests)
+    });
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the signal was asked for.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let (reply, answer) = mpsc::channel();
+    spawner.lock().expect("spawner lock").send((cmd, reply)).expect("the child-spawner thread is alive");
+    answer.recv().expect("the child-spawner thread answers")
+}
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> u16 {
