@@ -126,6 +126,13 @@ wait_for_line() {
     return 1
 }
 
+# create_topic OUT_DIR NAME PARTITIONS: creates a topic on the running tansu (log in OUT_DIR/tansu-topics.log).
+create_topic() {
+    local out=$1 name=$2 partitions=$3
+    "$TANSU" topic create "$name" --broker "tcp://127.0.0.1:$BROKER_PORT" --partitions "$partitions" \
+        >>"$out/tansu-topics.log" 2>&1 || die "could not create $name (see $out/tansu-topics.log)"
+}
+
 # start_tansu OUT_DIR: sets BROKER_PORT, TANSU_PID; creates both topics.
 start_tansu() {
     local out=$1
@@ -142,10 +149,8 @@ start_tansu() {
         (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null && break
         sleep 0.1
     done
-    "$TANSU" topic create "$TOPIC" --broker "tcp://127.0.0.1:$BROKER_PORT" --partitions "$PARTITIONS" \
-        >>"$out/tansu-topics.log" 2>&1 || die "could not create $TOPIC (see $out/tansu-topics.log)"
-    "$TANSU" topic create "$DEAD_LETTER_TOPIC" --broker "tcp://127.0.0.1:$BROKER_PORT" --partitions 1 \
-        >>"$out/tansu-topics.log" 2>&1 || die "could not create $DEAD_LETTER_TOPIC (see $out/tansu-topics.log)"
+    create_topic "$out" "$TOPIC" "$PARTITIONS"
+    create_topic "$out" "$DEAD_LETTER_TOPIC" 1
     log "tansu on 127.0.0.1:$BROKER_PORT (pid $TANSU_PID), topics $TOPIC ($PARTITIONS partitions), $DEAD_LETTER_TOPIC"
 }
 

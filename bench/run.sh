@@ -66,8 +66,7 @@ CEILING_ADDR=$(wait_for_line "$OUT/ceiling.log" 'listening on' 10 "$CEILING_PID"
 log "ceiling on $CEILING_ADDR (pid $CEILING_PID)"
 targets=("$CEILING_ADDR" "$CALLBACK_ADDR")
 if [[ $FLOOR == 1 ]]; then
-    "$TANSU" topic create "$FLOOR_TOPIC" --broker "tcp://127.0.0.1:$BROKER_PORT" --partitions "$PARTITIONS" \
-        >>"$OUT/tansu-topics.log" 2>&1 || die "could not create $FLOOR_TOPIC (see $OUT/tansu-topics.log)"
+    create_topic "$OUT" "$FLOOR_TOPIC" "$PARTITIONS"
     "$CEILING" --exit-after 3600 --kafka "127.0.0.1:$BROKER_PORT" --topic "$FLOOR_TOPIC" >"$OUT/floor.log" 2>&1 &
     FLOOR_PID=$!
     STARTED_PIDS+=("$FLOOR_PID")

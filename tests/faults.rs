@@ -74,9 +74,13 @@ fn assert_all_delivered(case: &str, tally: &Tally, consumed: &Consumed) {
     );
 }
 
-/// The acknowledged ids that `before` does not hold.
-fn not_yet_read(tally: &Tally, before: &Consumed) -> BTreeSet<String> {
-    tally.acked.iter().filter(|id| !before.counts.contains_key(*id)).cloned().collect()
+/// Every acknowledged event read back from Kafka: what `before` (read at a checkpoint) holds plus the rest,
+/// consumed now; and how many of them were left to read after the checkpoint.
+fn consume_after_checkpoint(broker_addr: &str, tally: &Tally, before: &Consumed) -> (Consumed, usize) {
+    let rest: BTreeSet<String> = tally.acked.iter().filter(|id| !before.counts.contains_key(*id)).cloned().collect();
+    let mut consumed = consume_acked(broker_addr, &rest, CONSUME_TIMEOUT);
+    consumed.merge(before);
+    (consumed, rest.len())
 }
 
 /// Common end checks on a drained forwarder: nothing lost or left behind.
@@ -150,9 +154,7 @@ fn broker_killed_mid_stream_and_restarted_delivers_everything() {
         metrics.get("imcf_spooled_total{reason=\"delivery_failed\"}"),
         metrics.get("imcf_events_lost_total")
     );
-    let rest = not_yet_read(&tally, &before);
-    let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
-    consumed.merge(&before);
+    let (consumed, _) = consume_after_checkpoint(&broker.addr, &tally, &before);
     assert!(!before.counts.is_empty(), "nothing was read before the kill");
     assert!(acked_while_down > 0, "no callback acknowledged while the broker was down");
     assert_all_delivered("broker killed and restarted", &tally, &consumed);
@@ -188,9 +190,7 @@ fn outage_longer_than_the_message_timeout_is_delivered_from_the_spool() {
     let tally = load.stop();
 
     let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
-    let rest = not_yet_read(&tally, &before);
-    let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
-    consumed.merge(&before);
+    let (consumed, _) = consume_after_checkpoint(&broker.addr, &tally, &before);
     assert_all_delivered("outage longer than message.timeout.ms", &tally, &consumed);
     let mut checks = Checks::default();
     let failed = labelled(&spooled, "imcf_spooled_total", "reason", "delivery_failed");
@@ -229,9 +229,7 @@ fn sigterm_while_kafka_is_down_spools_and_the_next_start_delivers() {
     broker.start_with_topics();
     let second = Proc::start("second forwarder", &broker.addr, &restart_flags(&spool_flags));
     let metrics = second.wait_drained(DRAIN_TIMEOUT);
-    let rest = not_yet_read(&tally, &before);
-    let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
-    consumed.merge(&before);
+    let (consumed, _) = consume_after_checkpoint(&broker.addr, &tally, &before);
     assert_all_delivered("SIGTERM while Kafka is down, then a restart", &tally, &consumed);
     let mut checks = Checks::default();
     let recovered = second.wait_log("spool recovered; records queued for replay", Duration::ZERO);
@@ -263,10 +261,8 @@ fn kill_9_in_disk_mode_loses_nothing() {
     broker.start_with_topics();
     let second = Proc::start("second forwarder", &broker.addr, &restart_flags(&disk));
     let metrics = second.wait_drained(DRAIN_TIMEOUT);
-    let rest = not_yet_read(&tally, &before);
-    let mut consumed = consume_acked(&broker.addr, &rest, CONSUME_TIMEOUT);
-    consumed.merge(&before);
-    assert!(rest.len() >= 150, "only {} acknowledged events were not in Kafka at the kill", rest.len());
+    let (consumed, rest) = consume_after_checkpoint(&broker.addr, &tally, &before);
+    assert!(rest >= 150, "only {rest} acknowledged events were not in Kafka at the kill");
     assert_all_delivered("kill -9 in disk mode, then a restart", &tally, &consumed);
     let mut checks = Checks::default();
     check_drained(&mut checks, "second forwarder", &metrics);

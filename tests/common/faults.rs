@@ -26,7 +26,7 @@ use rdkafka::types::RDKafkaApiKey;
 use rdkafka::ClientConfig;
 use serde_json::Value;
 
-use super::forwarder::{self, log_message, Output};
+use super::forwarder::{self, Output};
 use super::kafka;
 use super::metrics::{self, Metrics};
 use super::tencent::{self, APP_ID, EXCEPTION};
@@ -288,24 +288,7 @@ impl Proc {
 
     /// Waits for the process to exit (kills it and panics after `timeout`).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(status) = self.exit {
-            return status;
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.exit = Some(status);
-                // Let the reader threads drain what the process wrote last.
-                std::thread::sleep(Duration::from_millis(200));
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("{} did not exit within {timeout:?}; output:\n{}", self.label, self.output.all_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        forwarder::wait_exit(&mut self.child, &mut self.exit, &self.output, &self.label, timeout)
     }
 
     /// SIGKILL, and reap.
@@ -316,14 +299,7 @@ impl Proc {
 
     /// The first JSON log line whose message is `message`, waiting up to `timeout`.
     pub fn wait_log(&self, message: &str, timeout: Duration) -> Option<Value> {
-        let line = self.output.wait_line(
-            timeout,
-            |s, l| {
-                s == "stdout" && serde_json::from_str::<Value>(l).ok().is_some_and(|v| log_message(&v) == Some(message))
-            },
-            || false,
-        )?;
-        serde_json::from_str(&line).ok()
+        self.output.wait_log(message, timeout)
     }
 
     /// Scrapes until every accepted record is settled: nothing in the producer queue and nothing left in the

@@ -25,6 +25,18 @@ pub struct Output {
 }
 
 impl Output {
+    /// Waits up to `timeout` for a JSON log line on stdout whose message is `message`.
+    pub fn wait_log(&self, message: &str, timeout: Duration) -> Option<Value> {
+        let line = self.wait_line(
+            timeout,
+            |s, l| {
+                s == "stdout" && serde_json::from_str::<Value>(l).ok().is_some_and(|v| log_message(&v) == Some(message))
+            },
+            || false,
+        )?;
+        serde_json::from_str(&line).ok()
+    }
+
     /// Every line so far, stdout and stderr interleaved.
     pub fn all_text(&self) -> String {
         let lines = self.lines.lock().unwrap();
@@ -122,6 +134,35 @@ pub fn log_message(line: &Value) -> Option<&str> {
 /// A field of a tracing JSON log line (under "fields", or top level).
 pub fn log_field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
     line.get("fields").and_then(|f| f.get(name)).or_else(|| line.get(name))
+}
+
+/// Waits for `child` to exit, up to `timeout` (then kills it and panics, naming it `label` and showing `output`).
+/// The status is kept in `exit`, so that later calls return it at once.
+pub fn wait_exit(
+    child: &mut Child,
+    exit: &mut Option<ExitStatus>,
+    output: &Output,
+    label: &str,
+    timeout: Duration,
+) -> ExitStatus {
+    if let Some(status) = *exit {
+        return status;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            *exit = Some(status);
+            // Let the reader threads drain what the process wrote last.
+            std::thread::sleep(Duration::from_millis(200));
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{label} did not exit within {timeout:?}; output:\n{}", output.all_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A forwarder process that logged its bound addresses.
@@ -248,36 +289,12 @@ impl Forwarder {
 
     /// Waits for the process to exit, up to `timeout` (then kills it and panics).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(s) = self.exit {
-            return s;
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                self.exit = Some(s);
-                // Let the reader threads drain what the process wrote last.
-                std::thread::sleep(Duration::from_millis(200));
-                return s;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("forwarder did not exit within {timeout:?}; output:\n{}", self.output.all_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut self.child, &mut self.exit, &self.output, "forwarder", timeout)
     }
 
     /// Waits up to `timeout` for a JSON log line whose message is `message`.
     pub fn wait_log(&self, message: &str, timeout: Duration) -> Option<Value> {
-        let line = self.output.wait_line(
-            timeout,
-            |s, l| {
-                s == "stdout" && serde_json::from_str::<Value>(l).ok().is_some_and(|v| log_message(&v) == Some(message))
-            },
-            || false,
-        )?;
-        serde_json::from_str(&line).ok()
+        self.output.wait_log(message, timeout)
     }
 
     /// Every JSON log line so far whose message is `message`.
