@@ -17,6 +17,10 @@ makes). Subcommands:
                                  OCI labels, ports, runtime libraries)
   check-compose CONFIG           the output of `docker-compose config`: services, mounts,
                                  topics, env and ports consistent with the rest of the kit
+  check-docs RENDERED             what README (Kubernetes, Durability, Alerts) and the
+                                 manifest comments must say: memory budget, emptyDir spool,
+                                 base -> disk-spool migration (--prune), spool resize,
+                                 Secret handling, runbooks naming the memory limit
   selftest RENDERED COMPOSE [DISK_RENDERED]
                                  seed known mistakes into copies of the inputs and check
                                  that each check above catches them
@@ -66,6 +70,11 @@ CATALOGUE = {
     "imcf_delivery_duration_seconds": ("histogram", []),
     "imcf_ready": ("gauge", []),
     "imcf_kafka_metadata_last_success_timestamp_seconds": ("gauge", []),
+    # Kafka's state, now that readiness no longer follows it (issue 15).
+    "imcf_kafka_up": ("gauge", []),
+    "imcf_kafka_ready": ("gauge", ["reason"]),
+    "imcf_kafka_topics_missing": ("gauge", []),
+    "imcf_kafka_producer_restarts_total": ("counter", []),
     "imcf_build_info": ("gauge", ["version"]),
     # Durability (the disk spool) and data loss.
     "imcf_events_lost_total": ("counter", []),
@@ -98,6 +107,15 @@ CATALOGUE = {
 }
 # Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES = {"up"}
+# Series of other exporters that the group im-callback-forwarder.kubernetes of alerts.yml reads
+# (what the forwarder cannot see: spool claims without a pod, the ingress' own answers), with
+# the label values the alerts may select.
+EXTERNAL_SERIES = {
+    "kube_persistentvolumeclaim_info": "kube-state-metrics",
+    "kube_pod_spec_volumes_persistentvolumeclaims_info": "kube-state-metrics",
+    "kube_pod_status_phase": "kube-state-metrics",
+    "nginx_ingress_controller_requests": "ingress-nginx",
+}
 # Every value of imcf_callbacks_total{outcome} (SPEC table + "ADDED"); all pre-initialised at 0.
 OUTCOMES = [
     "accepted", "ignored", "not_found", "method_not_allowed", "body_too_large", "body_read_failed",
@@ -116,7 +134,11 @@ CATEGORIES = [
     "group_unavailable", "invalid_request", "blocked_by_callback", "internal_error", "unknown",
 ]
 SPOOL_REASONS = ["write_ahead", "queue_full", "delivery_failed", "shutdown"]
+# imcf_kafka_ready{reason}: a state set, exactly one is 1.
+KAFKA_READY_REASONS = ["ok", "no_metadata_yet", "metadata_failed", "metadata_stale", "topic_missing"]
 BROKER_QUANTILES = ["0.5", "0.99"]
+# Label values by label name, for any catalogue metric with that label (`reason` differs by
+# metric: see ENUMERATED_LABELS, which wins).
 KNOWN_LABEL_VALUES = {"outcome": OUTCOMES, "category": CATEGORIES, "reason": SPOOL_REASONS,
                       "quantile": BROKER_QUANTILES}
 # Label values the binary pre-initialises (or, for quantile, always sets together), compared
@@ -126,6 +148,7 @@ ENUMERATED_LABELS = {
     "imcf_exceptions_total": ("category", CATEGORIES),
     "imcf_spooled_total": ("reason", SPOOL_REASONS),
     "imcf_kafka_broker_rtt_seconds": ("quantile", BROKER_QUANTILES),
+    "imcf_kafka_ready": ("reason", KAFKA_READY_REASONS),
 }
 
 failures = []
@@ -295,10 +318,18 @@ def check_expr(where, expr, recorded):
                 pass
             elif name in PROMETHEUS_SERIES or name in recorded:
                 pass
+            elif name in EXTERNAL_SERIES:
+                if "group im-callback-forwarder.kubernetes:" not in where:
+                    fail(f"{where}: {name} is {EXTERNAL_SERIES[name]}'s metric: only the group "
+                         "im-callback-forwarder.kubernetes of alerts.yml may use it")
+                return True
             else:
                 fail(f"{where}: metric {name!r} is not in the catalogue")
+            enum = ENUMERATED_LABELS.get(name)
             for m in node.matchers.matchers:
-                values = KNOWN_LABEL_VALUES.get(m.name)
+                values = enum[1] if enum and enum[0] == m.name else KNOWN_LABEL_VALUES.get(m.name)
+                if m.name == "reason" and not enum:
+                    values = None
                 if values is None:
                     continue
                 literal = m.value
@@ -312,7 +343,23 @@ def check_expr(where, expr, recorded):
         return True
 
     promql_parser.walk(ast, visit)
+    check_timestamp_guard(where, expr)
     return used
+
+
+# Gauges holding a Unix time that is 0 until the first success: `time() - x` is then ~1.7e9 s.
+ZERO_UNTIL_SET = ("imcf_kafka_metadata_last_success_timestamp_seconds",)
+
+
+def check_timestamp_guard(where, expr):
+    """Every use of a zero-until-set timestamp is compared with 0 right away: `(x > 0)` to
+    read it as a time, or `x == 0` to find the instances that never set it."""
+    for name in ZERO_UNTIL_SET:
+        for m in re.finditer(re.escape(name) + r"(\{[^}]*\})?", expr):
+            rest = expr[m.end():].lstrip()
+            if not re.match(r"(>|==)\s*0(?![.\d])", rest):
+                fail(f"{where}: {name} is 0 until the first success: compare it with 0 where it is "
+                     f"read ((x > 0) for its age, x == 0 for 'never'), got ...{expr[m.start():m.end() + 20]!r}")
 
 
 def dashboard_targets():
@@ -336,7 +383,7 @@ def cmd_check_queries(_args):
     n = 0
     for g in alerts["groups"]:
         for r in g["rules"]:
-            check_expr(f"alerts.yml {r.get('alert') or r.get('record')}", r["expr"], recorded)
+            check_expr(f"alerts.yml group {g['name']}: {r.get('alert') or r.get('record')}", r["expr"], recorded)
             n += 1
     _, targets = dashboard_targets()
     for p, t in targets:
@@ -373,6 +420,7 @@ def cmd_dashboard_rules(args):
     # Titles the issue asks for.
     titles = " | ".join(p["title"].lower() for p in dash["panels"])
     for want in ("outcome", "category", "error code", "ack latency", "delivery latency", "queue depth",
+                 "kafka up", "metadata age",
                  "round-trip", "resident memory", "events lost", "spool events", "spool bytes vs max",
                  "spooled by reason", "replayed", "fsync latency", "routed callbacks by command",
                  "unrouted callbacks by command"):
@@ -547,7 +595,10 @@ def catalogue_exposition():
 # ---------------------------------------------------------------- Kubernetes
 
 CRD_GROUPS = ("monitoring.coreos.com/",)
-K8S_VERSIONS = ("1.25.0", "1.37.0")  # oldest and newest schemas kubernetes-validate ships
+# The oldest Kubernetes the kit supports, and the newest schema kubernetes-validate ships. 1.27:
+# the PDB's unhealthyPodEvictionPolicy (beta, on by default, since 1.27) and the spread
+# constraints' nodeTaintsPolicy (1.26) are not in older schemas.
+K8S_VERSIONS = ("1.27.0", "1.37.0")
 
 
 def by_kind(docs, kind):
@@ -600,7 +651,7 @@ def cmd_validate_k8s(args):
           f"{', '.join(d['kind'] for d in crds)})")
 
     kinds = sorted({d["kind"] for d in docs})
-    want = {"Service", "Ingress", "Secret", "ConfigMap", "PodDisruptionBudget",
+    want = {"Service", "Ingress", "ConfigMap", "PodDisruptionBudget",
             "NetworkPolicy", "ServiceMonitor", "PrometheusRule"}
     if want - set(kinds):
         fail(f"rendered output lacks {sorted(want - set(kinds))}")
@@ -615,7 +666,7 @@ def cmd_validate_k8s(args):
         fail("the Deployment variant lacks its HorizontalPodAutoscaler")
 
     svc, ing = one(docs, "Service"), one(docs, "Ingress")
-    cm, sec, pdb = one(docs, "ConfigMap"), one(docs, "Secret"), one(docs, "PodDisruptionBudget")
+    cm, pdb = one(docs, "ConfigMap"), one(docs, "PodDisruptionBudget")
     np, sm, pr = one(docs, "NetworkPolicy"), one(docs, "ServiceMonitor"), one(docs, "PrometheusRule")
     if failures:
         return
@@ -649,9 +700,7 @@ def cmd_validate_k8s(args):
         fail("allowPrivilegeEscalation is not false")
     if sc.get("capabilities", {}).get("drop") != ["ALL"]:
         fail("capabilities.drop is not [ALL]")
-    res = c.get("resources", {})
-    if not (res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory")):
-        fail("resources must set cpu/memory requests and a memory limit")
+    check_resources(c, env_cm)
     cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop = int(cmd[1]) if len(cmd) == 2 and cmd[0] == "sleep" else None
     if pre_stop is None:
@@ -659,22 +708,17 @@ def cmd_validate_k8s(args):
     else:
         grace = spec.get("terminationGracePeriodSeconds", 30)
         shutdown = int(env_cm.get("IMCF_SHUTDOWN_TIMEOUT", 30))
-        if grace <= pre_stop + shutdown:
-            fail(f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + IMCF_SHUTDOWN_TIMEOUT {shutdown}")
+        if grace < pre_stop + shutdown + GRACE_MARGIN:
+            fail(f"terminationGracePeriodSeconds {grace} < preStop {pre_stop} + IMCF_SHUTDOWN_TIMEOUT {shutdown} "
+                 f"+ {GRACE_MARGIN} (process exit, librdkafka teardown, kubelet delays)")
         else:
-            ok(f"terminationGracePeriodSeconds {grace} > preStop sleep {pre_stop} + IMCF_SHUTDOWN_TIMEOUT {shutdown}")
+            ok(f"terminationGracePeriodSeconds {grace} >= preStop sleep {pre_stop} + IMCF_SHUTDOWN_TIMEOUT {shutdown} + {GRACE_MARGIN}")
+    check_startup(c, env_cm)
+    check_placement(wkind, spec, pod_labels)
     cm_refs = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
     if cm_refs != [cm["metadata"]["name"]]:
         fail(f"envFrom must reference the generated ConfigMap {cm['metadata']['name']}, got {cm_refs}")
-    env = {e["name"]: e for e in c.get("env", [])}
-    sec_keys = set(sec.get("stringData", {})) | set(sec.get("data", {}))
-    for name, key in (("IMCF_CALLBACK_TOKEN", "callback-token"), ("IMCF_KAFKA_PROPERTY", "kafka-properties")):
-        ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
-        if ref.get("name") != sec["metadata"]["name"] or ref.get("key") != key or key not in sec_keys:
-            fail(f"{name} must come from Secret {sec['metadata']['name']} key {key}")
-    if not all(line.split("=", 1)[0].startswith(("sasl.", "security.")) for line in
-               sec.get("stringData", {}).get("kafka-properties", "").splitlines()):
-        fail("kafka-properties must hold only security.*/sasl.* lines in the base")
+    check_secret(docs, c, spec, env_cm)
     for k in env_cm:
         if not k.startswith("IMCF_"):
             fail(f"ConfigMap key {k} is not an IMCF_* variable")
@@ -705,14 +749,9 @@ def cmd_validate_k8s(args):
     # PDB, HPA
     if not matches(pdb["spec"]["selector"]["matchLabels"], pod_labels):
         fail("PodDisruptionBudget selector does not select the pods")
-    for hpa in hpas:
-        ref = hpa["spec"]["scaleTargetRef"]
-        if ref["kind"] != wkind or ref["name"] != dep["metadata"]["name"]:
-            fail(f"HorizontalPodAutoscaler targets {ref['kind']}/{ref['name']}, not the {wkind}")
-        if hpa["spec"].get("minReplicas", 1) <= pdb["spec"].get("minAvailable", 0):
-            fail("HPA minReplicas must exceed the PDB's minAvailable, or drains block")
-    if not hpas and dep["spec"].get("replicas", 1) <= pdb["spec"].get("minAvailable", 0):
-        fail(f"{wkind} replicas must exceed the PDB's minAvailable, or drains block")
+    check_disruption(dep, pdb, hpas)
+    check_ingress_edge(ing, env_cm)
+    check_prune_labels(docs, dep)
 
     check_spool(dep, c, spec, env_cm, svc, hpas)
 
@@ -753,6 +792,232 @@ def cmd_validate_k8s(args):
 
     if "--base" in args:
         compare_with_base(docs, load_yaml_all(args[args.index("--base") + 1]), dep, cm)
+
+
+# ---------------------------------------------------------------- Kubernetes: the SRE rules (issue 15)
+
+GRACE_MARGIN = 15  # s beyond preStop + --shutdown-timeout: process exit, librdkafka teardown, kubelet
+PRUNE_LABEL = ("app.kubernetes.io/part-of", "im-callback-forwarder")
+# The slowest spool recovery the startup probe must wait for: a full spool read at this rate.
+SPOOL_RECOVERY_BYTES_PER_S = 4 * 1024 * 1024
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+# The memory budget (README "Kubernetes"), in bytes.
+MiB, KiB = 1024 * 1024, 1024
+MEMORY_BUDGET = {
+    "replay cache (2 generations x 9 MiB)": 18 * MiB,
+    "base (runtime, tokio, librdkafka threads, metrics)": 40 * MiB,
+}
+READ_BUFFER_BYTES = 64 * KiB  # per connection, worst case
+PLACEHOLDER_RE = re.compile(r"change-?me|placeholder|example|<[^>]*>|xxx", re.I)
+
+
+def alert_expr(name):
+    for g in load_yaml(ALERTS)["groups"]:
+        for r in g["rules"]:
+            if r.get("alert") == name:
+                return r["expr"]
+    return None
+
+
+def quantity_bytes(q):
+    return spool_bytes_of(q)
+
+
+def cpu_millis(q):
+    q = str(q)
+    return int(q[:-1]) if q.endswith("m") else int(float(q) * 1000)
+
+
+def memory_budget(env_cm):
+    """The pod's worst-case memory from its configuration: {item: bytes}."""
+    kbytes = 65536
+    for line in env_cm.get("IMCF_KAFKA_PROPERTY", "").splitlines():
+        if line.strip().startswith("queue.buffering.max.kbytes="):
+            kbytes = int(line.split("=", 1)[1])
+    conns = int(env_cm.get("IMCF_MAX_CONNECTIONS", 10000))
+    body = int(env_cm.get("IMCF_MAX_BODY_BYTES", 65536))
+    budget = {f"producer queue (queue.buffering.max.kbytes {kbytes})": kbytes * KiB}
+    budget.update(MEMORY_BUDGET)
+    budget[f"IMCF_MAX_CONNECTIONS {conns} x (64 KiB read buffer + IMCF_MAX_BODY_BYTES {body})"] = \
+        conns * (READ_BUFFER_BYTES + body)
+    return budget
+
+
+def check_resources(c, env_cm):
+    """Guaranteed QoS (requests == limits for cpu and memory), and a memory limit that holds
+    the budget computed from the ConfigMap."""
+    res = c.get("resources", {})
+    req, lim = res.get("requests", {}), res.get("limits", {})
+    for r in ("cpu", "memory"):
+        if r not in req or r not in lim:
+            fail(f"resources must set {r} requests and limits (Guaranteed QoS), got {res}")
+            return
+    if cpu_millis(req["cpu"]) != cpu_millis(lim["cpu"]) or quantity_bytes(req["memory"]) != quantity_bytes(lim["memory"]):
+        fail(f"requests {req} != limits {lim}: not Guaranteed QoS (the memory it needs is then not promised)")
+    budget = memory_budget(env_cm)
+    total = sum(budget.values())
+    limit = quantity_bytes(lim["memory"])
+    if limit < total:
+        fail(f"memory limit {lim['memory']} < the memory budget {total / MiB:.0f} MiB "
+             f"({', '.join(f'{k} {v / MiB:.0f} MiB' for k, v in budget.items())})")
+    if not failures:
+        ok(f"Guaranteed QoS (requests == limits: cpu {lim['cpu']}, memory {lim['memory']}), memory limit >= "
+           f"budget {total / MiB:.0f} MiB")
+
+
+def check_startup(c, env_cm):
+    """A startup probe on /healthz whose window covers recovering the largest spool."""
+    sp = c.get("startupProbe", {})
+    g = sp.get("httpGet", {})
+    if g.get("path") != "/healthz" or g.get("port") != "admin":
+        fail(f"startupProbe must be GET /healthz on the admin port (the listener is bound before the spool "
+             f"is recovered), got {sp}")
+        return
+    window = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
+    max_bytes = int(env_cm.get("IMCF_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES))
+    need = max_bytes / SPOOL_RECOVERY_BYTES_PER_S
+    if window < need:
+        fail(f"startupProbe window {window} s < {need:.0f} s to recover a {max_bytes}-byte spool at "
+             f"{SPOOL_RECOVERY_BYTES_PER_S // MiB} MiB/s")
+    elif c.get("livenessProbe", {}).get("initialDelaySeconds", 0):
+        fail("livenessProbe.initialDelaySeconds is redundant with the startupProbe")
+    else:
+        ok(f"startupProbe GET /healthz, window {window} s >= {need:.0f} s (a {max_bytes}-byte spool at "
+           f"{SPOOL_RECOVERY_BYTES_PER_S // MiB} MiB/s)")
+
+
+def check_placement(wkind, spec, pod_labels):
+    """Spread over nodes (DoNotSchedule) and zones; leave a dead node within a minute."""
+    tsc = {t.get("topologyKey"): t for t in spec.get("topologySpreadConstraints", [])}
+    host, zone = tsc.get("kubernetes.io/hostname"), tsc.get("topology.kubernetes.io/zone")
+    if not host or host.get("whenUnsatisfiable") != "DoNotSchedule" or host.get("maxSkew") != 1:
+        fail(f"topologySpreadConstraints: kubernetes.io/hostname with maxSkew 1 and DoNotSchedule needed, got {host}")
+    if not zone:
+        fail("topologySpreadConstraints: no topology.kubernetes.io/zone constraint")
+    for t in (host, zone):
+        if t and not matches(t.get("labelSelector", {}).get("matchLabels"), pod_labels):
+            fail(f"topologySpreadConstraint {t['topologyKey']} does not select the pods")
+    tol = {t.get("key"): t for t in spec.get("tolerations", [])}
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        t = tol.get(key)
+        if not t or t.get("effect") != "NoExecute" or not (0 < t.get("tolerationSeconds", 300) <= 60):
+            fail(f"toleration {key} NoExecute with tolerationSeconds <= 60 needed (the default keeps callbacks "
+                 f"routed to a dead node for 300 s), got {t}")
+    if not failures:
+        ok(f"{wkind}: spread over nodes (DoNotSchedule) and zones; not-ready/unreachable tolerated "
+           f"{tol['node.kubernetes.io/unreachable']['tolerationSeconds']} s")
+
+
+def check_secret(docs, c, spec, env_cm):
+    """No Secret values in the kit; the token is a file from the Secret; kafka properties from it."""
+    for sec in by_kind(docs, "Secret"):
+        name = sec["metadata"]["name"]
+        fail(f"the kit renders Secret {name}: applying it overwrites the real one; ship no Secret values "
+             "(deploy/kubernetes/examples/ shows the keys)")
+        import base64
+        values = dict(sec.get("stringData", {}))
+        for k, v in sec.get("data", {}).items():
+            values[k] = base64.b64decode(v).decode("utf-8", "replace")
+        for k, v in values.items():
+            if PLACEHOLDER_RE.search(v):
+                fail(f"Secret {name} key {k} holds a placeholder value")
+    kustomizations = [os.path.join(d, f) for d, _s, fs in os.walk(os.path.join(ROOT, "deploy/kubernetes"))
+                      for f in fs if f == "kustomization.yaml"]
+    for k in kustomizations:
+        kz = load_yaml(k) or {}
+        refs = [r if isinstance(r, str) else r.get("path", "") for key in ("resources", "components", "patches",
+                "patchesStrategicMerge") for r in kz.get(key, []) or []]
+        if any("examples" in r for r in refs):
+            fail(f"{os.path.relpath(k, ROOT)} references deploy/kubernetes/examples/ (example values)")
+    env = {e["name"]: e for e in c.get("env", [])}
+    if "IMCF_CALLBACK_TOKEN" in env or "IMCF_CALLBACK_TOKEN" in env_cm:
+        fail("IMCF_CALLBACK_TOKEN is set: mount the token as a file (IMCF_CALLBACK_TOKEN_FILE) instead of an "
+             "environment variable")
+    path = env_cm.get("IMCF_CALLBACK_TOKEN_FILE")
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    found = False
+    for m in c.get("volumeMounts", []):
+        sv = vols.get(m["name"], {}).get("secret")
+        if not sv or not path:
+            continue
+        for item in sv.get("items", []):
+            if os.path.join(m["mountPath"], item["path"]) == path and item["key"] == "callback-token":
+                found = sv.get("secretName") == "im-callback-forwarder" and m.get("readOnly") is True
+    if not found:
+        fail(f"IMCF_CALLBACK_TOKEN_FILE ({path}) must be the key callback-token of Secret im-callback-forwarder, "
+             "mounted read-only")
+    ref = env.get("IMCF_KAFKA_PROPERTY", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    if ref.get("name") != "im-callback-forwarder" or ref.get("key") != "kafka-properties":
+        fail("IMCF_KAFKA_PROPERTY must come from Secret im-callback-forwarder key kafka-properties")
+    if not failures:
+        ok(f"no Secret values shipped; the token is the file {path} from Secret im-callback-forwarder; "
+           "kafka-properties from the same Secret")
+
+
+def check_disruption(wl, pdb, hpas):
+    """No replicas where an HPA owns the count; a PDB that lets one pod go at a time and never
+    lets unhealthy pods block a drain."""
+    for hpa in hpas:
+        ref = hpa["spec"]["scaleTargetRef"]
+        if ref["kind"] != wl["kind"] or ref["name"] != wl["metadata"]["name"]:
+            fail(f"HorizontalPodAutoscaler targets {ref['kind']}/{ref['name']}, not the {wl['kind']}")
+        elif "replicas" in wl["spec"]:
+            fail(f"{wl['kind']} sets replicas: {wl['spec']['replicas']} while HorizontalPodAutoscaler "
+                 f"{hpa['metadata']['name']} owns it: every apply resets a scaled-out fleet")
+        if hpa["spec"].get("minReplicas", 1) < 2:
+            fail("HPA minReplicas must be at least 2 (one pod may be disrupted at a time)")
+    ps = pdb["spec"]
+    if "minAvailable" in ps or ps.get("maxUnavailable") != 1:
+        fail(f"PodDisruptionBudget must set maxUnavailable: 1 (not minAvailable, which lets all but N go at "
+             f"once), got {ps}")
+    if ps.get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+        fail("PodDisruptionBudget needs unhealthyPodEvictionPolicy: AlwaysAllow (unready pods must not block drains)")
+    if not hpas and wl["spec"].get("replicas", 1) < 2:
+        fail(f"{wl['kind']} replicas must be at least 2")
+    if not failures:
+        ok(f"{'HPA owns the replica count (none set); ' if hpas else ''}PDB maxUnavailable 1, unhealthy pods evictable")
+
+
+def check_ingress_edge(ing, env_cm):
+    """Retry a refused callback on another pod, fail fast on connect, no access log (the query
+    carries Sign), and the edge alert watches this Ingress."""
+    a = ing["metadata"].get("annotations", {})
+    pre = "nginx.ingress.kubernetes.io/"
+    nxt = set(a.get(pre + "proxy-next-upstream", "").split())
+    if not {"error", "timeout", "http_503", "non_idempotent"} <= nxt:
+        fail(f"Ingress proxy-next-upstream must include error timeout http_503 non_idempotent, got {sorted(nxt)}")
+    if a.get(pre + "proxy-next-upstream-tries") != "2":
+        fail("Ingress proxy-next-upstream-tries must be \"2\"")
+    if int(a.get(pre + "proxy-connect-timeout", "60")) > 1:
+        fail("Ingress proxy-connect-timeout must be at most 1 s (Tencent waits 2 s; a retry needs the rest)")
+    if a.get(pre + "enable-access-log") != "false":
+        fail("Ingress must set enable-access-log: \"false\": $request carries Sign and ClientIP into the logs")
+    body = a.get(pre + "proxy-body-size", "1m")
+    if quantity_bytes(body.upper().replace("K", "Ki").replace("M", "Mi")) != int(env_cm.get("IMCF_MAX_BODY_BYTES", 65536)):
+        fail(f"Ingress proxy-body-size {body} differs from IMCF_MAX_BODY_BYTES")
+    expr = alert_expr("ImcfIngressErrors") or ""
+    m = re.search(r'nginx_ingress_controller_requests\{[^}]*ingress="([^"]+)"', expr)
+    if not m or m.group(1) != ing["metadata"]["name"]:
+        fail(f"alert ImcfIngressErrors must select nginx_ingress_controller_requests{{ingress=\"{ing['metadata']['name']}\"}}")
+    if not failures:
+        ok("Ingress: retries error/timeout/503 once on another pod, connect timeout 1 s, no access log, "
+           "watched by ImcfIngressErrors")
+
+
+def check_prune_labels(docs, wl):
+    """Every applied object carries the prune label; spool claims never do."""
+    key, value = PRUNE_LABEL
+    for d in docs:
+        if d.get("metadata", {}).get("labels", {}).get(key) != value:
+            fail(f"{d['kind']}/{d['metadata']['name']} lacks the label {key}={value}: "
+                 f"`kubectl apply -k --prune -l {key}={value}` would skip (not apply) it")
+    for t in wl["spec"].get("volumeClaimTemplates", []):
+        labels = t["metadata"].get("labels", {})
+        if labels.get(key) == value or matches(wl["spec"]["selector"]["matchLabels"], labels):
+            fail(f"volumeClaimTemplate {t['metadata']['name']} carries {key}={value} or the pod labels: "
+                 f"`--prune -l` would delete spool claims (they are not in the rendered output)")
+    if not failures:
+        ok(f"every object carries {key}={value} (prune selector); spool claims do not")
 
 
 def spool_bytes_of(quantity):
@@ -815,6 +1080,12 @@ def check_spool(wl, c, spec, env_cm, svc, hpas):
         fail(f"StatefulSet serviceName {wl['spec'].get('serviceName')!r} is not the rendered Service")
     if hpas:
         fail("the disk-spool StatefulSet must not be autoscaled: scaling down parks the removed pods' spools")
+    # The parked-spool alert must recognise this StatefulSet's claims (spool-<name>-<ordinal>).
+    m = re.search(r'persistentvolumeclaim=~"([^"]+)"', alert_expr("ImcfSpoolParked") or "")
+    claim_name = f"{vol}-{wl['metadata']['name']}-0"
+    if not m or not re.fullmatch(m.group(1), claim_name):
+        fail(f"alert ImcfSpoolParked does not match the claim {claim_name} "
+             f"(persistentvolumeclaim=~{m.group(1) if m else None!r})")
     if not failures:
         ok(f"StatefulSet: claim {vol!r} ({claim['resources']['requests']['storage']}, "
            f"{'/'.join(claim['accessModes'])}) mounted at IMCF_SPOOL_DIR {spool_dir}, IMCF_DURABILITY=disk, "
@@ -1036,6 +1307,71 @@ def cmd_check_compose(args):
            + (f", spool {spool_dir} on a named volume ({env.get('IMCF_DURABILITY', 'memory')} durability)" if spool_dir else ""))
 
 
+# ---------------------------------------------------------------- the README and manifests say it
+
+README = os.path.join(ROOT, "README.md")
+
+
+def readme_section(text, title, level="###"):
+    start = text.find(f"\n{level} {title}")
+    if start < 0:
+        return ""
+    end = re.search(r"\n#{2,3} ", text[start + 1:])
+    return text[start: start + 1 + end.start()] if end else text[start:]
+
+
+def cmd_check_docs(args):
+    """check-docs RENDERED_BASE: what the README (Kubernetes, Durability, Alerts) and the manifest
+    comments must say, where the kit alone cannot enforce it."""
+    docs = load_yaml_all(args[0])
+    text = open(README).read()
+    k8s = readme_section(text, "Kubernetes")
+    durability = readme_section(text, "Durability: memory or disk")
+    alerts_md = readme_section(text, "Alerts")
+    wl = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet"))
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    limit = wl["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    total = sum(memory_budget(cm["data"]).values())
+    checks = [
+        ("the README's memory budget: the sum and the limit", k8s,
+         [rf"\b{total / MiB:.0f} MiB\b", rf"\b{re.escape(limit)}\b", r"queue\.buffering\.max\.kbytes"]),
+        ("what an emptyDir spool survives and what it does not", durability,
+         [r"emptyDir", r"survives", r"does not survive"]),
+        ("how to move from the base to overlays/disk-spool without leaving the Deployment and HPA behind",
+         k8s, [r"--prune\b", r"-l app\.kubernetes\.io/part-of=im-callback-forwarder",
+               r"--prune-allowlist=apps/v1/Deployment", r"--prune-allowlist=autoscaling/v2/HorizontalPodAutoscaler"]),
+        ("resizing the spool (expand each claim, recreate the StatefulSet with --cascade=orphan)", k8s,
+         [r"patch pvc", r"--cascade=orphan", r"allowVolumeExpansion"]),
+        ("the Secret: none in the base, made by the user, and how a change reaches the pods", k8s,
+         [r"secretGenerator", r"rollout restart", r"examples/secret\.example\.yaml"]),
+        ("the parked spool alert's runbook", alerts_md, [r"ImcfSpoolParked", r"scale"]),
+    ]
+    for label, where, patterns in checks:
+        missing = [p for p in patterns if not re.search(p, where)]
+        if missing:
+            fail(f"README does not say {label}: no match for {missing}")
+        else:
+            ok(f"README says {label}")
+    if re.search(r"--prune-allowlist=core/v1/PersistentVolumeClaim", text):
+        fail("README prunes PersistentVolumeClaims: spool claims hold acknowledged events")
+    manifest = open(os.path.join(ROOT, "deploy/kubernetes/base/deployment.yaml")).read()
+    if not re.search(r"emptyDir[\s\S]*does NOT survive the pod", manifest):
+        fail("deployment.yaml does not say what an emptyDir spool does not survive")
+    else:
+        ok("deployment.yaml says what an emptyDir spool survives and what it does not")
+    # Whoever suggests raising the producer queue names the memory limit with it.
+    for g in load_yaml(ALERTS)["groups"]:
+        for r in g["rules"]:
+            for k, v in r.get("annotations", {}).items():
+                if "queue.buffering.max.kbytes" in v and not re.search(rf"memory limit|{re.escape(limit)}", v):
+                    fail(f"alert {r.get('alert')} {k} suggests raising queue.buffering.max.kbytes without the memory limit ({limit})")
+    for line in alerts_md.splitlines():
+        if "queue.buffering.max.kbytes" in line and limit not in line:
+            fail(f"README Alerts suggests raising queue.buffering.max.kbytes without the memory limit {limit}: {line[:60]}...")
+    if not failures:
+        ok(f"every suggestion to raise queue.buffering.max.kbytes names the memory limit {limit}")
+
+
 # ---------------------------------------------------------------- self-test
 
 def cmd_selftest(args):
@@ -1084,14 +1420,36 @@ def cmd_selftest(args):
                         ("a bare histogram name", "imcf_ack_duration_seconds > 1"),
                         ("an unknown spooled reason", 'imcf_spooled_total{reason="disk_full"}'),
                         ("a refusal regex counting a 200 outcome as refused",
-                         'imcf_callbacks_total{outcome!~"accepted|routed|ignored|replayed"}')):
+                         'imcf_callbacks_total{outcome!~"accepted|routed|ignored|replayed"}'),
+                        ("a metadata age without the > 0 guard (1.7e9 s before the first success)",
+                         "time() - max by (instance) (imcf_kafka_metadata_last_success_timestamp_seconds)"),
+                        ("an unknown Kafka readiness reason", 'imcf_kafka_ready{reason="kafka_down"} == 1'),
+                        ("an ingress-nginx metric outside the kubernetes alert group",
+                         'nginx_ingress_controller_requests{status=~"5.."}')):
         caught(label, check_expr, "selftest", expr, set())
 
     def c0(d):
         return d["spec"]["template"]["spec"]["containers"][0]
     k8s = [
-        ("a grace period not longer than preStop + shutdown timeout",
-         mutate("Deployment", lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=35))),
+        ("a grace period shorter than preStop + shutdown timeout + 15 s",
+         mutate("Deployment", lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=50))),
+        ("replicas on the HPA's target", mutate("Deployment", lambda d: d["spec"].update(replicas=2))),
+        ("a PDB with minAvailable", mutate("PodDisruptionBudget", lambda d: (d["spec"].pop("maxUnavailable"), d["spec"].update(minAvailable=1)))),
+        ("a PDB where unready pods block drains", mutate("PodDisruptionBudget", lambda d: d["spec"].pop("unhealthyPodEvictionPolicy"))),
+        ("a hostname spread that only prefers", mutate("Deployment", lambda d: d["spec"]["template"]["spec"]["topologySpreadConstraints"][0].update(whenUnsatisfiable="ScheduleAnyway"))),
+        ("no zone spread", mutate("Deployment", lambda d: d["spec"]["template"]["spec"]["topologySpreadConstraints"].pop(1))),
+        ("the default 300 s on an unreachable node", mutate("Deployment", lambda d: d["spec"]["template"]["spec"].pop("tolerations"))),
+        ("no startup probe", mutate("Deployment", lambda d: c0(d).pop("startupProbe"))),
+        ("a startup probe too short for a full spool", mutate("Deployment", lambda d: c0(d)["startupProbe"].update(failureThreshold=12))),
+        ("Burstable QoS (memory request < limit)", mutate("Deployment", lambda d: c0(d)["resources"]["requests"].update(memory="64Mi"))),
+        ("a memory limit below the budget (10000 connections)", mutate("ConfigMap", lambda d: d["data"].update(IMCF_MAX_CONNECTIONS="10000"))),
+        ("the token as an environment variable",
+         mutate("Deployment", lambda d: c0(d)["env"].append({"name": "IMCF_CALLBACK_TOKEN", "valueFrom": {"secretKeyRef": {"name": "im-callback-forwarder", "key": "callback-token"}}}))),
+        ("a token file path that is not the mounted Secret key", mutate("ConfigMap", lambda d: d["data"].update(IMCF_CALLBACK_TOKEN_FILE="/etc/imcf/token"))),
+        ("an Ingress logging the query string (Sign)", mutate("Ingress", lambda d: d["metadata"]["annotations"].pop("nginx.ingress.kubernetes.io/enable-access-log"))),
+        ("an Ingress that does not retry a 503", mutate("Ingress", lambda d: d["metadata"]["annotations"].update({"nginx.ingress.kubernetes.io/proxy-next-upstream": "error timeout"}))),
+        ("an Ingress connect timeout of 2 s", mutate("Ingress", lambda d: d["metadata"]["annotations"].update({"nginx.ingress.kubernetes.io/proxy-connect-timeout": "2"}))),
+        ("a ConfigMap without the prune label", mutate("ConfigMap", lambda d: d["metadata"].pop("labels"))),
         ("a writable root filesystem", mutate("Deployment", lambda d: c0(d)["securityContext"].update(readOnlyRootFilesystem=False))),
         ("a misspelt Deployment field (schema, strict)", mutate("Deployment", lambda d: c0(d).update(readinesProbe=c0(d).pop("readinessProbe")))),
         ("liveness on the wrong path", mutate("Deployment", lambda d: c0(d)["livenessProbe"]["httpGet"].update(path="/readyz"))),
@@ -1104,6 +1462,9 @@ def cmd_selftest(args):
     ]
     for label, path in k8s:
         caught(label, cmd_validate_k8s, [path])
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "im-callback-forwarder", "labels": {"app.kubernetes.io/part-of": "im-callback-forwarder"}},
+              "stringData": {"callback-token": "CHANGE-ME", "kafka-properties": "sasl.password=CHANGE-ME"}}
+    caught("a Secret with placeholder values in the kit", cmd_validate_k8s, [dump_docs(copy.deepcopy(base) + [secret])])
     caught("IMCF_DURABILITY=disk in the Deployment (no volume kept per pod)",
            cmd_validate_k8s, [mutate("ConfigMap", lambda d: d["data"].update(IMCF_DURABILITY="disk", IMCF_SPOOL_DIR="/tmp"))])
 
@@ -1133,6 +1494,9 @@ def cmd_selftest(args):
             ("a StatefulSet pod that drifted from the base's (probe)",
              dmutate("StatefulSet", lambda d: sts_c0(d)["readinessProbe"].update(periodSeconds=30))),
             ("a StatefulSet with the base image not rewritten", dmutate("StatefulSet", lambda d: sts_c0(d).update(image="im-callback-forwarder"))),
+            ("spool claims carrying the prune label (--prune -l would delete them)",
+             dmutate("StatefulSet", lambda d: d["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"].update({"app.kubernetes.io/part-of": "im-callback-forwarder"}))),
+            ("claims the parked-spool alert does not recognise", dmutate("StatefulSet", lambda d: d["metadata"].update(name="imcf"))),
         ]
         for label, path in disk_cases:
             caught(f"disk-spool overlay: {label}", cmd_validate_k8s, [path, "--base", rendered])
@@ -1170,6 +1534,19 @@ def cmd_selftest(args):
     caught("an alert without a quiet test case", cmd_check_rule_tests, [])
     ALERTS_TEST = real
 
+    # check-docs: each statement removed from a copy of the README is missed.
+    global README
+    real_readme, text = README, open(README).read()
+    for label, needle in (("no spool resize procedure", "--cascade=orphan"),
+                          ("a prune without the HPA in its allowlist", "--prune-allowlist=autoscaling/v2/HorizontalPodAutoscaler"),
+                          ("no word on what an emptyDir spool does not survive", "does not survive"),
+                          ("no memory budget total", "250 MiB")):
+        README = os.path.join(tmp, "README.md")
+        with open(README, "w") as f:
+            f.write(text.replace(needle, "..."))
+        caught(f"a README with {label}", cmd_check_docs, [rendered])
+        README = real_readme
+
     cbase = load_yaml(compose)
     for label, fn in (("an unknown IMCF_ variable", lambda c: c["services"]["forwarder"]["environment"].update(IMCF_LISTN="x")),
                       ("a topic kafka-init does not create", lambda c: c["services"]["forwarder"]["environment"].update(IMCF_TOPIC="other")),
@@ -1198,6 +1575,7 @@ def main():
         "validate-k8s": cmd_validate_k8s,
         "check-dockerfile": cmd_check_dockerfile,
         "check-compose": cmd_check_compose,
+        "check-docs": cmd_check_docs,
         "selftest": cmd_selftest,
         "check-metrics": cmd_check_metrics,
         "check-env": cmd_check_env,

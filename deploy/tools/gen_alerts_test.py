@@ -19,6 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 rules = {r['alert']: r for g in yaml.safe_load(open(os.path.join(ROOT, 'deploy/prometheus/alerts.yml')))['groups']
          for r in g['rules'] if 'alert' in r}
 def render(t, labels, value):
+    # {{ if $labels.x }}...{{ end }} (no else, no nesting): kept when the label is set.
+    t = re.sub(r'\{\{\s*if\s+\$labels\.(\w+)\s*\}\}(.*?)\{\{\s*end\s*\}\}',
+               lambda m: m.group(2) if labels.get(m.group(1)) else '', t)
     t = re.sub(r'\{\{\s*\$labels\.(\w+)\s*\}\}', lambda m: labels.get(m.group(1), ''), t)
     return re.sub(r'\{\{\s*\$value[^}]*\}\}', lambda m: value, t)
 def fire(alert, labels, value):
@@ -136,6 +139,70 @@ T('ImcfSpoolQuarantine: damaged regions found while recovering at start (first s
 T('ImcfSpoolQuarantine: an increase while running fires at once',
   [(sel(Q, A), '0x5 1x10')],
   [at('5m', 'ImcfSpoolQuarantine'), at('6m', 'ImcfSpoolQuarantine', fire('ImcfSpoolQuarantine', A, '1'))])
+
+T('ImcfForwarderAbsent: one of two namespaces loses every target (the other still scraped) fires after 10m, naming it',
+  [(sel('up', {'namespace': 'im-a', 'job': J, 'instance': 'forwarder-a:9090'}), '1x30'),
+   (sel('up', {'namespace': 'im-b', 'job': J, 'instance': 'forwarder-b:9090'}), '1x5 stale')],
+  [at('5m', 'ImcfForwarderAbsent'), at('15m', 'ImcfForwarderAbsent'),
+   at('16m', 'ImcfForwarderAbsent', fire('ImcfForwarderAbsent', {'namespace': 'im-b', 'job': J}, ''))])
+T('ImcfForwarderAbsent: two namespaces both scraped all along stay quiet',
+  [(sel('up', {'namespace': 'im-a', 'job': J, 'instance': 'forwarder-a:9090'}), '1x30'),
+   (sel('up', {'namespace': 'im-b', 'job': J, 'instance': 'forwarder-b:9090'}), '1x30')],
+  [at('20m', 'ImcfForwarderAbsent'), at('30m', 'ImcfForwarderAbsent')])
+M = 'imcf_kafka_metadata_last_success_timestamp_seconds'
+Cn = {'job': J, 'instance': 'forwarder-c:9090'}
+T('Kafka down while every pod stays ready: the metadata timestamp of A freezes at 6m (age > 60 s at 8m) and ImcfKafkaMetadataStale fires 1m later; ImcfForwarderNotReady and ImcfNoReadyForwarder stay quiet (imcf_ready 1 all along); B, whose metadata stays fresh, never fires',
+  [(sel('imcf_ready', A), '1x30'), (sel('imcf_ready', B), '1x30'),
+   (sel(M, A), '60+60x5 360x25'), (sel(M, B), '60+60x30'),
+   (sel('process_start_time_seconds', A), '0x30'), (sel('process_start_time_seconds', B), '0x30'),
+   (sel('imcf_kafka_up', A), '1x5 0x25'), (sel('imcf_kafka_up', B), '1x30')],
+  [at('8m', 'ImcfKafkaMetadataStale'),
+   at('9m', 'ImcfKafkaMetadataStale', fire('ImcfKafkaMetadataStale', A, '3m 0s')),
+   at('20m', 'ImcfForwarderNotReady'), at('20m', 'ImcfNoReadyForwarder')])
+T('ImcfKafkaMetadataStale: an instance started at 2m that never got metadata (timestamp 0) fires once it has run over 60 s (+1m), not earlier: the 0 is never read as a 1970 timestamp',
+  [(sel(M, Cn), '0x20'), (sel('process_start_time_seconds', Cn), '120x20'), (sel('imcf_ready', Cn), '1x20')],
+  [at('3m', 'ImcfKafkaMetadataStale'), at('4m', 'ImcfKafkaMetadataStale'),
+   at('5m', 'ImcfKafkaMetadataStale', fire('ImcfKafkaMetadataStale', Cn, '3m 0s'))])
+T('ImcfKafkaTopicMissing: a missing topic for 2m fires; an instance that sees every topic does not',
+  [(sel('imcf_kafka_topics_missing', A), '0x3 1x10'), (sel('imcf_kafka_topics_missing', B), '0x14')],
+  [at('5m', 'ImcfKafkaTopicMissing'), at('6m', 'ImcfKafkaTopicMissing', fire('ImcfKafkaTopicMissing', A, '1'))])
+T('ImcfKafkaProducerRestarts: one producer rebuild fires at once and resolves 15m later',
+  [(sel('imcf_kafka_producer_restarts_total', A), '0x5 1x25'), (sel('imcf_kafka_producer_restarts_total', B), '0x30')],
+  [at('5m', 'ImcfKafkaProducerRestarts'), at('10m', 'ImcfKafkaProducerRestarts', fire('ImcfKafkaProducerRestarts', A, '1')),
+   at('25m', 'ImcfKafkaProducerRestarts')])
+KSM = {'job': 'kube-state-metrics', 'namespace': 'im'}
+def claim(n, **extra):
+    return dict(KSM, persistentvolumeclaim=f'spool-im-callback-forwarder-{n}', **extra)
+def pod(n, **extra):
+    return dict(KSM, pod=f'im-callback-forwarder-{n}', **extra)
+T('ImcfSpoolParked: claim 2 loses its pod at 6m (scale-down) and claim 1 its running pod at 11m (dead node): each fires after 10m; claim 0 (running pod) and another app\'s claim without pod never',
+  [(sel('kube_persistentvolumeclaim_info', claim(n, storageclass='ssd', volumename=f'pv-{n}')), '1x40') for n in range(3)]
+  + [(sel('kube_persistentvolumeclaim_info', dict(KSM, persistentvolumeclaim='data-postgres-0', storageclass='ssd', volumename='pv-pg')), '1x40')]
+  + [(sel('kube_pod_spec_volumes_persistentvolumeclaims_info', pod(0, persistentvolumeclaim='spool-im-callback-forwarder-0', volume='spool')), '1x40'),
+     (sel('kube_pod_spec_volumes_persistentvolumeclaims_info', pod(1, persistentvolumeclaim='spool-im-callback-forwarder-1', volume='spool')), '1x40'),
+     (sel('kube_pod_spec_volumes_persistentvolumeclaims_info', pod(2, persistentvolumeclaim='spool-im-callback-forwarder-2', volume='spool')), '1x5 stale'),
+     (sel('kube_pod_status_phase', pod(0, phase='Running')), '1x40'),
+     (sel('kube_pod_status_phase', pod(1, phase='Running')), '1x10 0x30'),
+     (sel('kube_pod_status_phase', pod(1, phase='Unknown')), '0x10 1x30'),
+     (sel('kube_pod_status_phase', pod(2, phase='Running')), '1x5 stale')],
+  [at('15m', 'ImcfSpoolParked'),
+   at('16m', 'ImcfSpoolParked', fire('ImcfSpoolParked', claim(2, storageclass='ssd', volumename='pv-2'), '1')),
+   at('21m', 'ImcfSpoolParked', fire('ImcfSpoolParked', claim(2, storageclass='ssd', volumename='pv-2'), '1'),
+      fire('ImcfSpoolParked', claim(1, storageclass='ssd', volumename='pv-1'), '1'))])
+T('ImcfSpoolParked: a StatefulSet with every claim mounted by a running pod stays quiet',
+  [(sel('kube_persistentvolumeclaim_info', claim(0, storageclass='ssd', volumename='pv-0')), '1x30'),
+   (sel('kube_pod_spec_volumes_persistentvolumeclaims_info', pod(0, persistentvolumeclaim='spool-im-callback-forwarder-0', volume='spool')), '1x30'),
+   (sel('kube_pod_status_phase', pod(0, phase='Running')), '1x30')],
+  [at('20m', 'ImcfSpoolParked')])
+NG = 'nginx_ingress_controller_requests'
+ING = {'job': 'ingress-nginx', 'namespace': 'im', 'ingress': 'im-callback-forwarder', 'service': 'im-callback-forwarder', 'method': 'POST'}
+T('ImcfIngressErrors: 503s (no pod took it after the retry) and 413s at the edge fire at once; 200s, and 500s of another Ingress, do not',
+  [(sel(NG, dict(ING, status='200')), '0+100x20'), (sel(NG, dict(ING, status='503')), '0x5 3x15'), (sel(NG, dict(ING, status='413')), '0x5 1x15'),
+   (sel(NG, dict(ING, ingress='other-app', service='other-app', status='500')), '0+10x20')],
+  [at('5m', 'ImcfIngressErrors'),
+   at('8m', 'ImcfIngressErrors', fire('ImcfIngressErrors', {'namespace': 'im', 'ingress': 'im-callback-forwarder', 'status': '503'}, '3'),
+      fire('ImcfIngressErrors', {'namespace': 'im', 'ingress': 'im-callback-forwarder', 'status': '413'}, '1')),
+   at('20m', 'ImcfIngressErrors')])
 
 doc = {'rule_files': ['alerts.yml'], 'evaluation_interval': '1m', 'tests': tests}
 class D(yaml.SafeDumper): pass
