@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: makes sure the test broker (tansu) and the build's system libraries are there,
 # then runs every test. Extra arguments go to `cargo test` (e.g. a test name filter).
+# --no-fail-fast: a failing test binary does not hide the results of the binaries after it (CI sums
+# every binary's "test result:" line); the exit status is still non-zero when anything failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +31,4 @@ if [ -z "${TANSU_BIN:-}" ]; then
 fi
 export TANSU_BIN
 
-cargo test --locked --all-targets "$@"
+cargo test --locked --no-fail-fast --all-targets "$@"
