@@ -1299,8 +1299,8 @@ def cmd_check_compose(args):
         if not re.search(r"install -d -o 10001 -g 10001 (?:-m \d+ )?" + re.escape(spool_dir.rstrip("/")) + r"\b", runtime):
             fail(f"deploy/Dockerfile's runtime stage must create {spool_dir} owned by 10001:10001 (install -d -o 10001 -g 10001)")
     grace = fwd.get("stop_grace_period", "10s")
-    if int(str(grace).rstrip("s")) <= int(env.get("IMCF_SHUTDOWN_TIMEOUT", 30)):
-        fail(f"forwarder stop_grace_period {grace} must exceed IMCF_SHUTDOWN_TIMEOUT")
+    if int(str(grace).rstrip("s")) < int(env.get("IMCF_SHUTDOWN_TIMEOUT", 30)) + GRACE_MARGIN:
+        fail(f"forwarder stop_grace_period {grace} must be at least IMCF_SHUTDOWN_TIMEOUT + {GRACE_MARGIN} s")
     if not failures:
         ok(f"compose: KRaft kafka, topics {sorted(topics)} created before the forwarder, Prometheus scrapes "
            f"forwarder:{admin_port} with alerts.yml, Grafana provisioned (datasource + dashboard)"
@@ -1552,7 +1552,8 @@ def cmd_selftest(args):
                       ("a topic kafka-init does not create", lambda c: c["services"]["forwarder"]["environment"].update(IMCF_TOPIC="other")),
                       ("a forwarder that does not wait for topic creation", lambda c: c["services"]["forwarder"].pop("depends_on")),
                       ("a spool not on a named volume", lambda c: c["services"]["forwarder"].pop("volumes", None)),
-                      ("disk durability without a spool dir", lambda c: c["services"]["forwarder"]["environment"].pop("IMCF_SPOOL_DIR"))):
+                      ("disk durability without a spool dir", lambda c: c["services"]["forwarder"]["environment"].pop("IMCF_SPOOL_DIR")),
+                      ("a stop grace period under IMCF_SHUTDOWN_TIMEOUT + 15 s", lambda c: c["services"]["forwarder"].update(stop_grace_period="40s"))):
         c = copy.deepcopy(cbase)
         fn(c)
         path = os.path.join(tmp, "compose.yml")
