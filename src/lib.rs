@@ -8,6 +8,7 @@ pub mod callback;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod seam;
 pub mod sink;
 pub mod spool;
 
@@ -62,6 +63,7 @@ pub struct App {
 impl App {
     /// Creates metrics and the Kafka producer; fails on a configuration librdkafka rejects.
     pub fn build(config: Config) -> Result<App, StartError> {
+        seam::configure_from_env();
         let metrics = Arc::new(Metrics::new());
         let mut topics: Vec<&str> = [config.topic.as_str(), config.dead_letter_topic.as_str()]
             .into_iter()
@@ -157,10 +159,9 @@ impl App {
         edge.close();
 
         let deadline = deadline.get().copied().unwrap_or_else(|| Instant::now() + config.shutdown_timeout);
-        let flush_timeout = deadline.saturating_duration_since(Instant::now());
         let flushing = sink.clone();
         let flushed =
-            tokio::task::spawn_blocking(move || flushing.shutdown(flush_timeout)).await.expect("flush task panicked");
+            tokio::task::spawn_blocking(move || flushing.shutdown(deadline)).await.expect("flush task panicked");
         let _ = stop_admin.send(());
         let _ = admin_task.await;
         // librdkafka clients before the embedded cluster they talk to.

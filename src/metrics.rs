@@ -42,7 +42,14 @@ pub const OUTCOMES: &[&str] = &[
 ];
 
 /// Every value of the `reason` label of `imcf_spooled_total`.
-pub const SPOOL_REASONS: &[&str] = &["write_ahead", "queue_full", "delivery_failed", "shutdown"];
+pub const SPOOL_REASONS: &[&str] = &["write_ahead", "queue_full", "produce_failed", "delivery_failed", "shutdown"];
+
+/// Every value of the `reason` label of `imcf_replay_deferred_total`.
+pub const REPLAY_DEFER_REASONS: &[&str] = &["topic_unavailable", "produce_error", "producer_fatal", "read_error"];
+
+/// Every value of the `reason` label of `imcf_kafka_ready` (a state set: exactly one is 1).
+pub const KAFKA_READY_REASONS: &[&str] =
+    &["ok", "no_metadata_yet", "metadata_failed", "metadata_stale", "topic_missing"];
 
 const ACK_BUCKETS: &[f64] =
     &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0];
@@ -90,6 +97,12 @@ pub struct Metrics {
     pub spool_quarantined: IntCounter,
     /// Time of one group-commit fsync.
     pub spool_fsync_duration: Histogram,
+    /// Producers rebuilt after a fatal error.
+    pub producer_restarts: IntCounter,
+    replay_deferred: IntCounterVec,
+    kafka_up: IntGauge,
+    kafka_ready: IntGaugeVec,
+    kafka_topics_missing: IntGauge,
     stats: KafkaStatsMetrics,
 }
 
@@ -185,6 +198,27 @@ impl Metrics {
         for reason in SPOOL_REASONS {
             spooled.with_label_values(&[reason]);
         }
+        let replay_deferred = counter_vec(
+            &registry,
+            "imcf_replay_deferred_total",
+            "Times the replayer left a spooled record for later, by reason (it stays in the spool).",
+            "reason",
+        );
+        for reason in REPLAY_DEFER_REASONS {
+            replay_deferred.with_label_values(&[reason]);
+        }
+        let kafka_ready = IntGaugeVec::new(
+            Opts::new(
+                "imcf_kafka_ready",
+                "Kafka as the metadata watcher sees it: 1 for the current reason, 0 for the others. Readiness does not follow it.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(kafka_ready.clone())).expect("unique metric");
+        for reason in KAFKA_READY_REASONS {
+            kafka_ready.with_label_values(&[reason]);
+        }
         Metrics {
             accepted: callbacks.with_label_values(&["accepted"]),
             ignored: callbacks.with_label_values(&["ignored"]),
@@ -252,9 +286,40 @@ impl Metrics {
                 "Time of one spool fsync (one group commit).",
                 ACK_BUCKETS,
             ),
+            producer_restarts: counter(
+                &registry,
+                "imcf_kafka_producer_restarts_total",
+                "Kafka producers rebuilt after a fatal error (what they held went back to the spool).",
+            ),
+            replay_deferred,
+            kafka_up: gauge(
+                &registry,
+                "imcf_kafka_up",
+                "1 while the last Kafka metadata request succeeded less than 15 s ago.",
+            ),
+            kafka_ready,
+            kafka_topics_missing: gauge(
+                &registry,
+                "imcf_kafka_topics_missing",
+                "Configured topics that do not exist or are not visible to this service.",
+            ),
             stats,
             registry,
         }
+    }
+
+    /// Counts one spooled record the replayer left for later (`reason` from [`REPLAY_DEFER_REASONS`]).
+    pub fn replay_deferred(&self, reason: &'static str) {
+        self.replay_deferred.with_label_values(&[reason]).inc();
+    }
+
+    /// Sets Kafka's exported state: `up`, the current `reason` (from [`KAFKA_READY_REASONS`]), missing topics.
+    pub fn kafka_state(&self, up: bool, reason: &'static str, topics_missing: i64) {
+        self.kafka_up.set(i64::from(up));
+        for candidate in KAFKA_READY_REASONS {
+            self.kafka_ready.with_label_values(&[candidate]).set(i64::from(*candidate == reason));
+        }
+        self.kafka_topics_missing.set(topics_missing);
     }
 
     /// Counts one answered callback under its outcome label.

@@ -470,3 +470,194 @@ fn idempotent_producer_survives_an_outage_longer_than_the_message_timeout() {
     check_drained(&mut checks, "forwarder", &metrics);
     checks.finish();
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Issue 10: readiness, topics by name, the replay backlog, the shutdown report, memory-mode spool room.
+
+/// Scrapes until `key` satisfies `pred`; panics with the last value after `timeout`.
+fn wait_metric(fwd: &Proc, key: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> Metrics {
+    let metrics = common::metrics::scrape_until(&fwd.admin_addr, key, timeout, &pred);
+    let value = metrics.get(key);
+    assert!(value.is_some_and(&pred), "{}: {key} = {value:?} after {timeout:?}", fwd.label);
+    metrics
+}
+
+#[test]
+fn disk_mode_stays_ready_while_kafka_is_down_and_says_why_kafka_is_not() {
+    let mut broker = Tansu::reserve();
+    let (_spool, spool_path) = spool_dir();
+    let fwd = Proc::start("forwarder", &broker.addr, &flags(&["--durability", "disk", "--spool-dir", &spool_path]));
+    // Ready with Kafka unreachable: what is accepted is kept in the spool, and a refusal would be lost.
+    fwd.wait_ready(READY_TIMEOUT);
+    let (_, ready_text) = fwd.readyz();
+    let health = common::http::get(&format!("http://{}/healthz", fwd.admin_addr));
+    let tally = send_callbacks(&fwd.callback_url(), "ready-down", 60, 200, 1);
+    let down = wait_metric(&fwd, "imcf_kafka_up", Duration::from_secs(10), |v| v == 0.0);
+
+    broker.start_with_topics();
+    let up = wait_metric(&fwd, "imcf_kafka_ready{reason=\"ok\"}", READY_TIMEOUT, |v| v == 1.0);
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&broker.addr, &tally.acked, CONSUME_TIMEOUT);
+
+    assert_eq!(tally.acked.len(), 60, "disk mode with Kafka down: {tally:?}");
+    assert_all_delivered("disk mode, Kafka down then up", &tally, &consumed);
+    let mut checks = Checks::default();
+    checks.check(ready_text.starts_with("ready; kafka: ") && ready_text.contains("metadata"), || {
+        format!("/readyz with Kafka down names Kafka's state: {ready_text:?}")
+    });
+    checks.check(health.status == 200 && health.text().contains("kafka: "), || format!("/healthz: {health:?}"));
+    checks.eq("imcf_ready with Kafka down", down.get("imcf_ready"), Some(1.0));
+    checks.eq(
+        "imcf_kafka_ready{reason=\"ok\"} with Kafka down",
+        down.get("imcf_kafka_ready{reason=\"ok\"}"),
+        Some(0.0),
+    );
+    let down_reasons = down.get("imcf_kafka_ready{reason=\"no_metadata_yet\"}").unwrap_or(0.0)
+        + down.get("imcf_kafka_ready{reason=\"metadata_failed\"}").unwrap_or(0.0);
+    checks.eq("imcf_kafka_ready: one of no_metadata_yet/metadata_failed with Kafka down", down_reasons, 1.0);
+    checks.eq("imcf_kafka_up once Kafka is back", up.get("imcf_kafka_up"), Some(1.0));
+    checks.eq("imcf_kafka_topics_missing once Kafka is back", up.get("imcf_kafka_topics_missing"), Some(0.0));
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn without_a_spool_readiness_fails_only_when_the_producer_queue_is_full() {
+    let mut broker = Tansu::reserve();
+    let fwd = Proc::start("forwarder", &broker.addr, &flags(&["-X", "queue.buffering.max.messages=5"]));
+    fwd.wait_ready(READY_TIMEOUT);
+    let tally = send_callbacks(&fwd.callback_url(), "queue-full", 8, 100, 100);
+    let full = fwd.readyz();
+    let during = fwd.scrape();
+    broker.start_with_topics();
+    // The queue drains once Kafka is back, and the pod is ready again.
+    fwd.wait_ready(READY_TIMEOUT);
+    let consumed = consume_acked(&broker.addr, &tally.acked, CONSUME_TIMEOUT);
+
+    let mut checks = Checks::default();
+    checks.eq("callbacks acknowledged into a 5-record queue", tally.acked.len(), 5);
+    checks.eq("refused 503/50300", tally.refused.get(&(503, 50300)).copied(), Some(3));
+    tally.assert_refusals_only("queue full", &[(503, 50300)]);
+    checks.eq(
+        "imcf_callbacks_total{outcome=\"unavailable\"}",
+        labelled(&during, "imcf_callbacks_total", "outcome", "unavailable"),
+        3.0,
+    );
+    checks.check(full.0 == 503 && full.1.contains("producer queue is full"), || format!("/readyz: {full:?}"));
+    checks.eq("imcf_ready while the queue is full", during.get("imcf_ready"), Some(0.0));
+    checks.finish();
+    assert_all_delivered("queue full without a spool", &tally, &consumed);
+}
+
+#[test]
+fn spool_backlog_drains_on_a_broker_that_creates_topics_on_demand() {
+    let mut broker = Tansu::reserve();
+    let (_spool, spool_path) = spool_dir();
+    let disk = ["--durability", "disk", "--spool-dir", spool_path.as_str(), "--shutdown-timeout", "2"];
+    let mut first = Proc::start("first forwarder", &broker.addr, &flags(&disk));
+    let tally = send_callbacks(&first.callback_url(), "on-demand", 300, 200, 1);
+    assert_eq!(tally.acked.len(), 300, "disk mode with Kafka down: {tally:?}");
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).code(), Some(0));
+
+    // No topic is created beforehand: asking for them by name makes this broker create them.
+    broker.start();
+    let second = Proc::start("second forwarder", &broker.addr, &flags(&disk));
+    let metrics = second.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&broker.addr, &tally.acked, CONSUME_TIMEOUT);
+    assert_all_delivered("backlog on a broker that creates topics on demand", &tally, &consumed);
+    let mut checks = Checks::default();
+    checks.check(metrics.get("imcf_replayed_total").unwrap_or(0.0) >= 300.0, || {
+        format!("imcf_replayed_total = {:?}", metrics.get("imcf_replayed_total"))
+    });
+    check_drained(&mut checks, "second forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn a_missing_dead_letter_topic_does_not_hold_up_the_event_topic() {
+    let cluster = mock_cluster(1);
+    cluster
+        .topic_error(common::faults::DEAD_LETTER_TOPIC, RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        .expect("topic error");
+    let bootstrap = cluster.bootstrap_servers();
+    let (_spool, spool_path) = spool_dir();
+    let fwd = Proc::start(
+        "forwarder",
+        &bootstrap,
+        &flags(&["--durability", "disk", "--spool-dir", &spool_path, "-X", "message.timeout.ms=1500"]),
+    );
+    fwd.wait_ready(READY_TIMEOUT);
+    // With the broker down, every record times out in the producer and is left to the replayer.
+    cluster.broker_down(-1).expect("brokers down");
+    let tally = send_callbacks(&fwd.callback_url(), "dlq-missing", 100, 200, 1);
+    wait_metric(&fwd, "imcf_kafka_delivery_failures_total", Duration::from_secs(15), |v| v >= 100.0);
+    cluster.broker_up(-1).expect("brokers up");
+    let missing = wait_metric(&fwd, "imcf_kafka_topics_missing", READY_TIMEOUT, |v| v == 1.0);
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&bootstrap, &tally.acked, CONSUME_TIMEOUT);
+
+    assert_eq!(tally.acked.len(), 100, "{tally:?}");
+    assert_all_delivered("dead-letter topic missing", &tally, &consumed);
+    let mut checks = Checks::default();
+    checks.eq(
+        "imcf_kafka_ready{reason=\"topic_missing\"}",
+        missing.get("imcf_kafka_ready{reason=\"topic_missing\"}"),
+        Some(1.0),
+    );
+    checks.check(fwd.readyz().0 == 200, || format!("/readyz with a missing dead-letter topic: {:?}", fwd.readyz()));
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+}
+
+#[test]
+fn shutdown_report_counts_the_replay_backlog() {
+    let broker = Tansu::reserve();
+    let (_spool, spool_path) = spool_dir();
+    let disk = ["--durability", "disk", "--spool-dir", spool_path.as_str(), "--shutdown-timeout", "2"];
+    let mut first = Proc::start("first forwarder", &broker.addr, &flags(&disk));
+    let tally = send_callbacks(&first.callback_url(), "backlog", 100, 200, 1);
+    assert_eq!(tally.acked.len(), 100, "{tally:?}");
+    first.kill9();
+
+    // Kafka still down: the recovered records wait in the replay queue, not in the producer.
+    let mut second = Proc::start("second forwarder", &broker.addr, &flags(&disk));
+    let recovered = second.wait_log("spool recovered; records queued for replay", Duration::from_secs(10));
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let done = second.wait_log("shutdown complete", Duration::ZERO).expect("shutdown complete line");
+    let mut checks = Checks::default();
+    checks.eq("records recovered", recovered.as_ref().and_then(|l| field_u64(l, "records")), Some(100));
+    checks.eq("shutdown report: spooled", field_u64(&done, "spooled"), Some(100));
+    checks.eq("shutdown report: undelivered", field_u64(&done, "undelivered"), Some(100));
+    checks.finish();
+}
+
+#[test]
+fn memory_mode_reserves_spool_room_for_what_kafka_holds() {
+    let mut broker = Tansu::reserve();
+    let (_spool, spool_path) = spool_dir();
+    let fwd = Proc::start(
+        "forwarder",
+        &broker.addr,
+        &restart_flags(&["--spool-dir", &spool_path, "--spool-max-bytes", "1048576", "-X", "message.timeout.ms=1500"]),
+    );
+    fwd.wait_ready(READY_TIMEOUT);
+    // About 1.3 KB a record: a 1 MiB spool has room for some 800 of them, whatever Kafka does with them.
+    let tally = send_callbacks(&fwd.callback_url(), "reserve", 1200, 1000, 50);
+    // Every record in the producer times out and must find the room kept for it.
+    wait_metric(&fwd, "imcf_kafka_delivery_failures_total", Duration::from_secs(20), |v| v >= tally.acked.len() as f64);
+    let failed = fwd.scrape();
+    broker.start_with_topics();
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&broker.addr, &tally.acked, CONSUME_TIMEOUT);
+
+    let mut checks = Checks::default();
+    checks.eq("imcf_events_lost_total after the producer gave up", failed.get("imcf_events_lost_total"), Some(0.0));
+    checks.check(tally.refused_with(50301) > 0, || format!("no 503/50301 once the spool room was taken: {tally:?}"));
+    checks.check(tally.acked.len() > 300, || format!("only {} acknowledged", tally.acked.len()));
+    tally.assert_refusals_only("memory mode, spool room", &[(503, 50301)]);
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+    assert_all_delivered("memory mode, spool room reserved", &tally, &consumed);
+}

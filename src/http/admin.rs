@@ -1,4 +1,10 @@
-//! The admin endpoints: `/metrics`, `/healthz`, `/readyz`, on their own listener.
+//! The admin endpoints: `/metrics`, `/healthz`, `/readyz`, on their own listener (and, in test builds with the
+//! `failpoints` feature, `/failpoints/NAME` to configure the fault-injection seams).
+//!
+//! Readiness means "this instance can take a callback and keep it": it fails while shutting down and when the
+//! spool (or, without one, the producer queue) is full, never because Kafka is unreachable. Tencent does not
+//! retry a callback the ingress refuses, so a pod that leaves the Service during a Kafka outage loses what a
+//! ready pod would have queued or spooled. Kafka's state is in the text of both probes and in `imcf_kafka_*`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,6 +17,7 @@ use hyper::{Request, Response};
 
 use super::answer;
 use crate::metrics::Metrics;
+use crate::seam;
 use crate::sink::KafkaSink;
 
 /// State of the admin endpoints.
@@ -46,17 +53,52 @@ impl AdminEdge {
     /// Answers one admin request.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         const TEXT: &str = "text/plain; charset=utf-8";
+        if let Some(name) = request.uri().path().strip_prefix("/failpoints/") {
+            return configure_seam(name.to_owned(), request).await;
+        }
         match request.uri().path() {
             "/metrics" => {
                 let _ = self.readiness();
+                self.sink.export_kafka_status();
                 answer::text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
             }
-            "/healthz" => answer::text(StatusCode::OK, TEXT, "ok\n"),
-            "/readyz" => match self.readiness() {
-                Ok(()) => answer::text(StatusCode::OK, TEXT, "ready\n"),
-                Err(reason) => answer::text(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("not ready: {reason}\n")),
-            },
+            "/healthz" => {
+                let (_, kafka) = self.sink.kafka_status();
+                answer::text(StatusCode::OK, TEXT, format!("ok; kafka: {kafka}\n"))
+            }
+            "/readyz" => {
+                let (_, kafka) = self.sink.kafka_status();
+                match self.readiness() {
+                    Ok(()) => answer::text(StatusCode::OK, TEXT, format!("ready; kafka: {kafka}\n")),
+                    Err(reason) => answer::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        TEXT,
+                        format!("not ready: {reason}; kafka: {kafka}\n"),
+                    ),
+                }
+            }
             _ => answer::text(StatusCode::NOT_FOUND, TEXT, "not found; try /metrics, /healthz or /readyz\n"),
         }
+    }
+}
+
+/// `PUT /failpoints/NAME` with an action as body sets a seam, `DELETE` clears it (test builds only).
+async fn configure_seam(name: String, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let method = request.method().clone();
+    let body = match http_body_util::Limited::new(request.into_body(), 4096).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return answer::text(StatusCode::BAD_REQUEST, TEXT, "unreadable body\n"),
+    };
+    let actions = String::from_utf8_lossy(&body).trim().to_owned();
+    let result = match method {
+        http::Method::PUT => seam::configure(&name, Some(&actions)),
+        http::Method::DELETE => seam::configure(&name, None),
+        _ => Err("PUT an action, or DELETE".into()),
+    };
+    match result {
+        Ok(()) => answer::text(StatusCode::OK, TEXT, "ok\n"),
+        Err(err) => answer::text(StatusCode::NOT_FOUND, TEXT, format!("{err}\n")),
     }
 }

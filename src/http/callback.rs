@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use http::Method;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use tokio::sync::watch;
 use tracing::{debug, error};
 
 use super::answer;
@@ -63,6 +64,9 @@ pub enum EdgeError {
     /// The service is shutting down and no longer hands events to Kafka.
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// An identical callback arriving at the same time was refused; this copy is answered the same.
+    #[error("an identical callback received at the same time could not be handed to Kafka, try again later")]
+    FirstCopyRefused,
 }
 
 impl EdgeError {
@@ -80,7 +84,7 @@ impl EdgeError {
             EdgeError::InvalidBody(err) => err.status(),
             EdgeError::Refused(err) => err.status(),
             EdgeError::Unavailable(err) => err.status(),
-            EdgeError::ShuttingDown => 503,
+            EdgeError::ShuttingDown | EdgeError::FirstCopyRefused => 503,
         }
     }
 
@@ -98,7 +102,7 @@ impl EdgeError {
             EdgeError::InvalidBody(err) => err.error_code(),
             EdgeError::Refused(err) => err.error_code(),
             EdgeError::Unavailable(err) => err.error_code(),
-            EdgeError::ShuttingDown => 50300,
+            EdgeError::ShuttingDown | EdgeError::FirstCopyRefused => 50300,
         }
     }
 
@@ -116,7 +120,7 @@ impl EdgeError {
             EdgeError::InvalidBody(err) => err.outcome_label(),
             EdgeError::Refused(err) => err.outcome_label(),
             EdgeError::Unavailable(err) => err.outcome_label(),
-            EdgeError::ShuttingDown => "unavailable",
+            EdgeError::ShuttingDown | EdgeError::FirstCopyRefused => "unavailable",
         }
     }
 }
@@ -150,10 +154,59 @@ pub struct EdgeSettings {
     pub routing: RoutingPolicy,
 }
 
+/// Callbacks being made safe right now (waiting for their fsync, say), by fingerprint: an identical callback
+/// that arrives meanwhile waits for the first copy's outcome instead of being answered "replayed" for an event
+/// that may yet fail.
+#[derive(Default)]
+struct InFlight {
+    pending: Mutex<nohash_hasher::IntMap<u64, watch::Receiver<Option<bool>>>>,
+}
+
+/// What a request learns about its fingerprint.
+enum Claim<'a> {
+    /// The first copy: publish it, then settle the claim.
+    First(Settle<'a>),
+    /// Published before, within the replay window.
+    Replayed,
+    /// Another copy is being published: its outcome, when it comes.
+    Wait(watch::Receiver<Option<bool>>),
+}
+
+/// The first copy's duty to tell waiting duplicates how it went; a request dropped before settling (the client
+/// went away) counts as refused, so that a later copy is published rather than answered "replayed".
+struct Settle<'a> {
+    fingerprint: u64,
+    edge: &'a CallbackEdge,
+    sender: Option<watch::Sender<Option<bool>>>,
+}
+
+impl Settle<'_> {
+    fn settle(mut self, accepted: bool) {
+        self.finish(accepted);
+    }
+
+    fn finish(&mut self, accepted: bool) {
+        let Some(sender) = self.sender.take() else { return };
+        let mut pending = self.edge.in_flight.pending.lock().expect("in-flight lock");
+        if !accepted {
+            self.edge.replays.forget(self.fingerprint);
+        }
+        pending.remove(&self.fingerprint);
+        let _ = sender.send(Some(accepted));
+    }
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
 /// State of the callback endpoint, shared by every connection.
 pub struct CallbackEdge {
     settings: EdgeSettings,
     replays: ReplayCache,
+    in_flight: InFlight,
     sink: Arc<KafkaSink>,
     metrics: Arc<Metrics>,
     closed: AtomicBool,
@@ -173,6 +226,7 @@ impl CallbackEdge {
         CallbackEdge {
             settings,
             replays: ReplayCache::new(retention, GENERATION_ENTRIES),
+            in_flight: InFlight::default(),
             sink,
             metrics,
             closed: AtomicBool::new(false),
@@ -249,19 +303,44 @@ impl CallbackEdge {
         };
         // The same callback posted again within the Sign window is answered as before but not published twice.
         let fingerprint = self.replays.fingerprint((normalized.event_id(), signature));
-        if !self.replays.first_time(fingerprint) {
-            return Ok(match answer {
-                Accepted::Ok(_) => Accepted::Ok("replayed"),
-                refused => refused,
-            });
-        }
+        let replayed = |answer: Accepted| match answer {
+            Accepted::Ok(_) => Accepted::Ok("replayed"),
+            refused => refused,
+        };
+        let claim = match self.claim(fingerprint) {
+            Claim::First(claim) => claim,
+            Claim::Replayed => return Ok(replayed(answer)),
+            Claim::Wait(mut outcome) => {
+                let accepted = match outcome.wait_for(Option::is_some).await {
+                    Ok(settled) => settled.unwrap_or(false),
+                    Err(_) => false,
+                };
+                return if accepted { Ok(replayed(answer)) } else { Err(EdgeError::FirstCopyRefused) };
+            }
+        };
         match self.publish(topic, &authenticated, &normalized).await {
-            Ok(()) => Ok(answer),
+            Ok(()) => {
+                claim.settle(true);
+                Ok(answer)
+            }
             Err(err) => {
-                self.replays.forget(fingerprint);
+                claim.settle(false);
                 Err(err)
             }
         }
+    }
+
+    fn claim(&self, fingerprint: u64) -> Claim<'_> {
+        let mut pending = self.in_flight.pending.lock().expect("in-flight lock");
+        if let Some(outcome) = pending.get(&fingerprint) {
+            return Claim::Wait(outcome.clone());
+        }
+        if !self.replays.first_time(fingerprint) {
+            return Claim::Replayed;
+        }
+        let (sender, receiver) = watch::channel(None);
+        pending.insert(fingerprint, receiver);
+        Claim::First(Settle { fingerprint, edge: self, sender: Some(sender) })
     }
 
     async fn publish(

@@ -1,11 +1,18 @@
 //! The producer: hands records to librdkafka (through the spool in disk mode), turns delivery reports into
-//! metrics, acks and re-spooling, re-publishes spooled records, and watches cluster metadata for readiness.
+//! metrics, acks and re-spooling, re-publishes spooled records, rebuilds the producer after a fatal error, and
+//! watches each topic's metadata.
+//!
+//! Kafka's state never decides whether a callback is taken: Tencent does not retry, so keeping a callback (in
+//! librdkafka's queue or the spool) is never worse than refusing it. It decides only when spooled records are
+//! replayed, and it is exported for alerts ([`KafkaStatus`]).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -14,17 +21,22 @@ use rdkafka::{ClientContext, Statistics};
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
+use crate::seam::{self, Fault};
 use crate::spool::{frame, RecordRef, Spool, SpoolError, SpoolReader};
 
-/// How often readiness asks the cluster for metadata.
+/// How often each topic's metadata is asked for while everything is fine.
 const METADATA_POLL_INTERVAL: Duration = Duration::from_secs(5);
-/// How old the last successful metadata answer may be while ready.
-const METADATA_MAX_AGE_SECS: i64 = 15;
-/// In memory mode, new callbacks are refused once the spool has less free space than this (or a quarter of the
-/// spool, if smaller), so that the records already in the producer queue can still be spooled if Kafka fails them.
-pub const MEMORY_MODE_HEADROOM_BYTES: u64 = 64 * 1024 * 1024;
-/// In disk mode, readiness fails once the spool has less free space than this (or a sixteenth of the spool).
-const DISK_MODE_HEADROOM_BYTES: u64 = 1024 * 1024;
+/// How often while Kafka is unreachable or a topic is missing.
+const METADATA_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one metadata request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
+/// How old the last successful metadata answer may be for Kafka to count as up.
+const METADATA_MAX_AGE: Duration = Duration::from_secs(15);
+/// Readiness fails once the spool has less free space than this (or a sixteenth of the spool).
+const SPOOL_READY_HEADROOM_BYTES: u64 = 1024 * 1024;
+/// A replayed record that the producer refused is tried again after this long (doubling up to the maximum).
+const REPLAY_RETRY_MIN: Duration = Duration::from_millis(500);
+const REPLAY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Producer properties applied before the user's `-X` overrides.
 pub const DEFAULT_PRODUCER_PROPERTIES: &[(&str, &str)] = &[
@@ -61,7 +73,7 @@ pub enum SinkError {
     /// The spool could not write the record.
     #[error("the disk spool failed: {0}")]
     Spool(#[source] SpoolError),
-    /// Any other refusal from librdkafka (e.g. a record over `message.max.bytes`).
+    /// Any other refusal from librdkafka (e.g. a record over `message.max.bytes`, a fatal producer error).
     #[error("the Kafka producer refused the event: {0}")]
     Produce(RDKafkaErrorCode),
     /// The producer configuration is invalid (startup only).
@@ -75,6 +87,12 @@ impl From<SpoolError> for SinkError {
             SpoolError::Full => SinkError::SpoolFull,
             other => SinkError::Spool(other),
         }
+    }
+}
+
+impl From<frame::TooLarge> for SinkError {
+    fn from(err: frame::TooLarge) -> Self {
+        SinkError::Spool(SpoolError::TooLarge(err))
     }
 }
 
@@ -102,18 +120,39 @@ impl SinkError {
 /// Carried through librdkafka with each record, back to its delivery report.
 struct Inflight {
     handed_over: Instant,
+    /// Where the record lies in the spool (disk mode, replay).
     spooled: Option<RecordRef>,
+    /// Spool room reserved for it (memory mode with a spool), to re-spool it if Kafka fails it.
+    reserved: u64,
+}
+
+/// What the producers' callbacks share with the sink; outlives any one producer.
+struct ContextShared {
+    metrics: Arc<Metrics>,
+    spool: Option<Arc<Spool>>,
+    /// A fatal producer error was raised: the producer must be rebuilt.
+    fatal: AtomicBool,
+    /// The last send found the producer queue full and no delivery report has made room since.
+    queue_full: AtomicBool,
+    /// Set once shutdown began: purged records are then the end, not a restart.
+    stopping: AtomicBool,
 }
 
 /// Receives librdkafka's callbacks on the producer's polling thread.
-struct SinkContext {
-    metrics: Arc<Metrics>,
-    spool: Option<Arc<Spool>>,
-}
+struct SinkContext(Arc<ContextShared>);
 
 impl ClientContext for SinkContext {
     fn stats(&self, statistics: Statistics) {
-        self.metrics.kafka_statistics(&statistics);
+        self.0.metrics.kafka_statistics(&statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.0.fatal.store(true, Ordering::SeqCst);
+            error!(error = %error, reason, "Kafka producer: fatal error; the producer will be rebuilt");
+        } else {
+            warn!(error = %error, reason, "Kafka client error");
+        }
     }
 }
 
@@ -125,14 +164,21 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<Inflight>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, inflight: Box<Inflight>) {
-        let metrics = &self.metrics;
+        let shared = &self.0;
+        let metrics = &shared.metrics;
         metrics.kafka_queue_events.dec();
+        shared.queue_full.store(false, Ordering::Relaxed);
         match result {
             Ok(message) => {
                 metrics.kafka_delivered.inc();
                 metrics.delivery_duration.observe(inflight.handed_over.elapsed().as_secs_f64());
-                if let (Some(place), Some(spool)) = (inflight.spooled, &self.spool) {
-                    spool.ack(place);
+                if let Some(spool) = &shared.spool {
+                    if let Some(place) = inflight.spooled {
+                        spool.ack(place);
+                    }
+                    if inflight.reserved > 0 {
+                        spool.release(inflight.reserved);
+                    }
                 }
                 debug!(
                     topic = message.topic(),
@@ -148,17 +194,18 @@ impl ProducerContext for SinkContext {
                     err.rdkafka_error_code(),
                     Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
                 );
-                let reason = if purged { "shutdown" } else { "delivery_failed" };
-                match (inflight.spooled, &self.spool) {
+                let reason =
+                    if purged && shared.stopping.load(Ordering::SeqCst) { "shutdown" } else { "delivery_failed" };
+                match (inflight.spooled, &shared.spool) {
                     (Some(place), Some(spool)) => {
                         // Already on disk: only queue it again.
                         spool.requeue(place);
-                        warn!(%event_id, topic = message.topic(), error = %err, "Kafka delivery failed; record stays in the spool for replay");
+                        debug!(%event_id, topic = message.topic(), error = %err, "Kafka delivery failed; record stays in the spool for replay");
                     }
-                    (None, Some(spool)) => match respool(spool, message) {
+                    (None, Some(spool)) => match respool(spool, message, inflight.reserved) {
                         Ok(()) => {
                             metrics.spooled(reason);
-                            warn!(%event_id, topic = message.topic(), error = %err, "Kafka delivery failed; record spooled for replay");
+                            debug!(%event_id, topic = message.topic(), error = %err, "Kafka delivery failed; record spooled for replay");
                         }
                         Err(spool_err) => {
                             metrics.events_lost.inc();
@@ -175,7 +222,8 @@ impl ProducerContext for SinkContext {
     }
 }
 
-fn respool(spool: &Spool, message: &BorrowedMessage<'_>) -> Result<(), SpoolError> {
+/// Writes a record Kafka failed to the spool, in the room reserved for it when it was accepted (if any).
+fn respool(spool: &Spool, message: &BorrowedMessage<'_>, reserved: u64) -> Result<(), SpoolError> {
     let headers: Vec<(&str, &[u8])> = message
         .headers()
         .map(|headers| headers.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
@@ -185,37 +233,88 @@ fn respool(spool: &Spool, message: &BorrowedMessage<'_>) -> Result<(), SpoolErro
         message.key().unwrap_or_default(),
         message.payload().unwrap_or_default(),
         headers.into_iter(),
-    )?;
-    spool.append_for_replay(frame)
-}
-
-/// Cluster reachability as last seen by the metadata watcher.
-#[derive(Debug, Default)]
-pub struct SinkHealth {
-    last_success_unix: AtomicI64,
-    problem: Mutex<Option<String>>,
-}
-
-impl SinkHealth {
-    /// `Ok` when metadata was fetched recently and every topic exists; else why not.
-    pub fn check(&self) -> Result<(), String> {
-        if let Some(problem) = self.problem.lock().expect("health lock").clone() {
-            return Err(problem);
-        }
-        let last_success = self.last_success_unix.load(Ordering::Relaxed);
-        if last_success == 0 {
-            return Err("no Kafka metadata request has succeeded yet".into());
-        }
-        let age = unix_now() - last_success;
-        if age > METADATA_MAX_AGE_SECS {
-            return Err(format!("no Kafka metadata for {age} s"));
-        }
-        Ok(())
+    )
+    .inspect_err(|_| spool.release(reserved))?;
+    if reserved == frame.len() as u64 {
+        spool.append_reserved(frame).inspect_err(|_| spool.release(reserved))
+    } else {
+        spool.release(reserved);
+        spool.append_for_replay(frame)
     }
 }
 
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// What the last metadata request said about one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TopicStatus {
+    /// Not asked about yet, or Kafka did not answer.
+    Unknown,
+    /// Exists with at least one partition.
+    Exists,
+    /// Missing, or not visible to us (the broker's error).
+    Missing(String),
+}
+
+/// Kafka as the metadata watcher last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaStatus {
+    /// Metadata is fresh and every configured topic exists.
+    Ok,
+    /// No metadata request has succeeded yet.
+    NoMetadataYet,
+    /// The last metadata request failed.
+    MetadataFailed,
+    /// The last success is older than 15 s (the watcher is stuck).
+    MetadataStale,
+    /// A configured topic does not exist or is not visible.
+    TopicMissing,
+}
+
+impl KafkaStatus {
+    /// Every status, in the order of the `reason` label of `imcf_kafka_ready`.
+    pub const ALL: [KafkaStatus; 5] = [
+        KafkaStatus::Ok,
+        KafkaStatus::NoMetadataYet,
+        KafkaStatus::MetadataFailed,
+        KafkaStatus::MetadataStale,
+        KafkaStatus::TopicMissing,
+    ];
+
+    /// The `reason` label of `imcf_kafka_ready`.
+    pub fn label(self) -> &'static str {
+        match self {
+            KafkaStatus::Ok => "ok",
+            KafkaStatus::NoMetadataYet => "no_metadata_yet",
+            KafkaStatus::MetadataFailed => "metadata_failed",
+            KafkaStatus::MetadataStale => "metadata_stale",
+            KafkaStatus::TopicMissing => "topic_missing",
+        }
+    }
+}
+
+#[derive(Default)]
+struct KafkaStateInner {
+    last_success: Option<Instant>,
+    last_error: Option<String>,
+    /// Configured topics and topics met in the spool.
+    topics: BTreeMap<String, TopicStatus>,
+}
+
+/// Publishes records to Kafka; shared by every request.
+pub struct KafkaSink {
+    producer: ArcSwap<ThreadedProducer<SinkContext>>,
+    client_config: ClientConfig,
+    shared: Arc<ContextShared>,
+    configured_topics: Vec<String>,
+    durability: Durability,
+    spool: Option<Arc<Spool>>,
+    metrics: Arc<Metrics>,
+    kafka: Mutex<KafkaStateInner>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// One record to publish, borrowed from the request.
@@ -236,7 +335,7 @@ pub struct SinkSettings<'a> {
     pub bootstrap_servers: &'a str,
     /// User `-X` properties.
     pub overrides: &'a [(String, String)],
-    /// Topics whose existence readiness checks.
+    /// Topics whose metadata is watched (asked for by name, so that brokers creating topics on demand do).
     pub topics: Vec<String>,
     /// When a callback counts as safe.
     pub durability: Durability,
@@ -247,49 +346,50 @@ pub struct SinkSettings<'a> {
 /// What the sink left behind at shutdown.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FlushReport {
-    /// Records not acknowledged by Kafka when the deadline passed.
+    /// Accepted records Kafka has not acknowledged: in the spool, or (without one) lost.
     pub undelivered: usize,
-    /// Of those, records kept in the spool for the next start.
+    /// Of those, records kept in the spool for the next start (the replay backlog included).
     pub spooled: u64,
 }
 
-/// Publishes records to Kafka; shared by every request.
-pub struct KafkaSink {
-    producer: ThreadedProducer<SinkContext>,
-    topics: Vec<String>,
-    durability: Durability,
-    spool: Option<Arc<Spool>>,
-    metrics: Arc<Metrics>,
-    health: SinkHealth,
-    stop: Arc<AtomicBool>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-}
-
 impl KafkaSink {
-    /// Creates the producer (validating every property) and starts the metadata watcher and, with a spool,
-    /// the replayer.
+    /// Creates the producer (validating every property) and starts the metadata watcher, the producer's
+    /// supervisor and, with a spool, the replayer.
     pub fn start(settings: SinkSettings<'_>, metrics: Arc<Metrics>) -> Result<Arc<Self>, SinkError> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", settings.bootstrap_servers);
+        let mut client_config = ClientConfig::new();
+        client_config.set("bootstrap.servers", settings.bootstrap_servers);
         for (key, value) in DEFAULT_PRODUCER_PROPERTIES {
-            config.set(*key, *value);
+            client_config.set(*key, *value);
         }
         for (key, value) in settings.overrides {
-            config.set(key, value);
+            client_config.set(key, value);
         }
-        let context = SinkContext { metrics: metrics.clone(), spool: settings.spool.clone() };
-        let producer: ThreadedProducer<SinkContext> = config.create_with_context(context).map_err(SinkError::Config)?;
+        let shared = Arc::new(ContextShared {
+            metrics: metrics.clone(),
+            spool: settings.spool.clone(),
+            fatal: AtomicBool::new(false),
+            queue_full: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        });
+        let producer = create_producer(&client_config, &shared)?;
+        let topics = settings.topics.iter().map(|t| (t.clone(), TopicStatus::Unknown)).collect();
         let sink = Arc::new(KafkaSink {
-            producer,
-            topics: settings.topics,
+            producer: ArcSwap::from_pointee(producer),
+            client_config,
+            shared,
+            configured_topics: settings.topics,
             durability: settings.durability,
             spool: settings.spool,
             metrics,
-            health: SinkHealth::default(),
+            kafka: Mutex::new(KafkaStateInner { topics, ..KafkaStateInner::default() }),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
         });
-        let mut threads = vec![spawn_named("kafka-metadata", Arc::downgrade(&sink), KafkaSink::watch_metadata)];
+        sink.export_kafka_status();
+        let mut threads = vec![
+            spawn_named("kafka-metadata", Arc::downgrade(&sink), KafkaSink::watch_metadata),
+            spawn_named("kafka-supervisor", Arc::downgrade(&sink), KafkaSink::supervise),
+        ];
         if sink.spool.is_some() {
             threads.push(spawn_named("spool-replay", Arc::downgrade(&sink), KafkaSink::replay));
         }
@@ -299,69 +399,246 @@ impl KafkaSink {
 
     fn watch_metadata(sink: Weak<KafkaSink>, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
-            match sink.upgrade() {
+            let interval = match sink.upgrade() {
                 Some(sink) => sink.refresh_metadata(),
                 None => return,
-            }
-            let until = Instant::now() + METADATA_POLL_INTERVAL;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                thread::sleep(Duration::from_millis(50));
-            }
+            };
+            sleep_unless(&stop, interval);
         }
     }
 
-    fn refresh_metadata(&self) {
-        let problem = match self.producer.client().fetch_metadata(None, METADATA_POLL_INTERVAL) {
-            Ok(metadata) => {
-                let now = unix_now();
-                self.health.last_success_unix.store(now, Ordering::Relaxed);
-                self.metrics.metadata_last_success.set(now);
-                self.topics
-                    .iter()
-                    .find(|name| {
-                        !metadata
-                            .topics()
-                            .iter()
-                            .any(|t| t.name() == name.as_str() && t.error().is_none() && !t.partitions().is_empty())
-                    })
-                    .map(|missing| format!("Kafka topic {missing} does not exist"))
+    /// Asks for each watched topic by name; returns how long to wait before the next round.
+    fn refresh_metadata(&self) -> Duration {
+        let names: Vec<String> = self.kafka.lock().expect("kafka lock").topics.keys().cloned().collect();
+        let producer = self.producer.load_full();
+        let mut answers = Vec::with_capacity(names.len());
+        let mut failure = None;
+        for name in &names {
+            if self.stop.load(Ordering::Relaxed) {
+                return Duration::ZERO;
             }
-            Err(err) => Some(format!("Kafka metadata request failed: {err}")),
+            match producer.client().fetch_metadata(Some(name), METADATA_TIMEOUT) {
+                Ok(metadata) => {
+                    let status = match metadata.topics().iter().find(|t| t.name() == name.as_str()) {
+                        Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => TopicStatus::Exists,
+                        Some(topic) => TopicStatus::Missing(match topic.error() {
+                            Some(err) => format!("{:?}", RDKafkaErrorCode::from(err)),
+                            None => "no partitions".into(),
+                        }),
+                        None => TopicStatus::Missing("not in the metadata answer".into()),
+                    };
+                    answers.push((name.clone(), status));
+                }
+                Err(err) => {
+                    failure = Some(err.to_string());
+                    break;
+                }
+            }
+        }
+        let all_exist = {
+            let mut kafka = self.kafka.lock().expect("kafka lock");
+            if !answers.is_empty() {
+                kafka.last_success = Some(Instant::now());
+                self.metrics.metadata_last_success.set(unix_now());
+            }
+            for (name, status) in answers {
+                if kafka.topics.get(&name) != Some(&status) {
+                    match &status {
+                        TopicStatus::Exists => info!(topic = %name, "Kafka topic available"),
+                        TopicStatus::Missing(why) => {
+                            warn!(topic = %name, reason = %why, "Kafka topic missing; its records stay in the spool")
+                        }
+                        TopicStatus::Unknown => {}
+                    }
+                }
+                kafka.topics.insert(name, status);
+            }
+            if failure.is_some() && kafka.last_error.is_none() {
+                warn!(error = failure.as_deref().unwrap_or_default(), "Kafka metadata request failed");
+            } else if failure.is_none() && kafka.last_error.is_some() {
+                info!("Kafka metadata request succeeded again");
+            }
+            kafka.last_error = failure;
+            kafka.last_error.is_none() && kafka.topics.values().all(|s| *s == TopicStatus::Exists)
         };
-        if let Some(problem) = &problem {
-            warn!(%problem, "Kafka not ready");
+        self.export_kafka_status();
+        if all_exist {
+            METADATA_POLL_INTERVAL
+        } else {
+            METADATA_RETRY_INTERVAL
         }
-        *self.health.problem.lock().expect("health lock") = problem;
     }
 
-    /// Re-publishes spooled records, oldest first, while Kafka is reachable.
-    fn replay(sink: Weak<KafkaSink>, stop: Arc<AtomicBool>) {
-        let Some(spool) = sink.upgrade().and_then(|s| s.spool.clone()) else { return };
-        let mut reader = SpoolReader::new(spool.dir());
+    /// Kafka's state with a line for humans.
+    pub fn kafka_status(&self) -> (KafkaStatus, String) {
+        let kafka = self.kafka.lock().expect("kafka lock");
+        let missing: Vec<&str> = self
+            .configured_topics
+            .iter()
+            .filter(|t| matches!(kafka.topics.get(*t), Some(TopicStatus::Missing(_))))
+            .map(String::as_str)
+            .collect();
+        match (kafka.last_success, &kafka.last_error) {
+            (None, None) => (KafkaStatus::NoMetadataYet, "no Kafka metadata request has succeeded yet".into()),
+            (_, Some(err)) => (KafkaStatus::MetadataFailed, format!("Kafka metadata request failed: {err}")),
+            (Some(at), None) if at.elapsed() > METADATA_MAX_AGE => {
+                (KafkaStatus::MetadataStale, format!("no Kafka metadata for {} s", at.elapsed().as_secs()))
+            }
+            _ if !missing.is_empty() => {
+                (KafkaStatus::TopicMissing, format!("Kafka topic missing: {}", missing.join(", ")))
+            }
+            _ => (KafkaStatus::Ok, "Kafka reachable, every topic exists".into()),
+        }
+    }
+
+    /// Sets `imcf_kafka_up`, `imcf_kafka_ready{reason}` and `imcf_kafka_topics_missing`.
+    pub fn export_kafka_status(&self) {
+        let (status, _) = self.kafka_status();
+        let up =
+            !matches!(status, KafkaStatus::NoMetadataYet | KafkaStatus::MetadataFailed | KafkaStatus::MetadataStale);
+        let missing = {
+            let kafka = self.kafka.lock().expect("kafka lock");
+            self.configured_topics
+                .iter()
+                .filter(|t| matches!(kafka.topics.get(*t), Some(TopicStatus::Missing(_))))
+                .count()
+        };
+        self.metrics.kafka_state(up, status.label(), missing as i64);
+    }
+
+    /// True when the topic's last metadata says it exists and Kafka answered recently; a topic not watched
+    /// yet is added to the watch list.
+    fn topic_ready(&self, topic: &str) -> bool {
+        let mut kafka = self.kafka.lock().expect("kafka lock");
+        let fresh = kafka.last_error.is_none() && kafka.last_success.is_some_and(|at| at.elapsed() <= METADATA_MAX_AGE);
+        match kafka.topics.get(topic) {
+            Some(status) => fresh && *status == TopicStatus::Exists,
+            None => {
+                // Bounded: spooled records name only topics some configuration of this service published to.
+                if kafka.topics.len() < 256 {
+                    kafka.topics.insert(topic.to_owned(), TopicStatus::Unknown);
+                }
+                false
+            }
+        }
+    }
+
+    /// Rebuilds the producer whenever librdkafka raises a fatal error (it then refuses every record).
+    fn supervise(sink: Weak<KafkaSink>, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
-            let Some(place) = spool.next_to_replay(Duration::from_millis(100)) else { continue };
             let Some(sink) = sink.upgrade() else { return };
-            if sink.health.check().is_err() {
-                spool.unget(place);
-                thread::sleep(Duration::from_millis(200));
+            let fatal =
+                sink.shared.fatal.load(Ordering::SeqCst) || sink.producer.load().client().fatal_error().is_some();
+            if fatal {
+                sink.restart_producer();
+            }
+            drop(sink);
+            sleep_unless(&stop, Duration::from_millis(50));
+        }
+    }
+
+    fn restart_producer(&self) {
+        let reason = self
+            .producer
+            .load()
+            .client()
+            .fatal_error()
+            .map(|(code, text)| format!("{code:?}: {text}"))
+            .unwrap_or_else(|| "fatal error".into());
+        let fresh = match create_producer(&self.client_config, &self.shared) {
+            Ok(producer) => producer,
+            Err(err) => {
+                error!(error = %err, "cannot create a new Kafka producer after a fatal error; retrying");
+                sleep_unless(&self.stop, Duration::from_secs(1));
+                return;
+            }
+        };
+        let old = self.producer.swap(Arc::new(fresh));
+        self.shared.fatal.store(false, Ordering::SeqCst);
+        self.metrics.producer_restarts.inc();
+        error!(%reason, "Kafka producer hit a fatal error: replaced by a new producer; what it held goes back to the spool");
+        // What the old producer still holds comes back as failed delivery reports: re-queued or re-spooled.
+        old.purge(PurgeConfig::default().queue().inflight());
+        let _ = old.flush(Duration::from_secs(5));
+        // Requests that loaded it a moment ago may still hold it: the last holder must not be a tokio worker.
+        let until = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&old) > 1 && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+        drop(old);
+    }
+
+    /// Re-publishes spooled records, oldest first. A record waits while its topic is unavailable (without
+    /// holding up other topics), while the producer is being rebuilt, or after the producer refused it; it
+    /// leaves the spool only when Kafka acknowledges it, or to quarantine when its bytes are proven damaged.
+    fn replay(weak: Weak<KafkaSink>, stop: Arc<AtomicBool>) {
+        let Some(spool) = weak.upgrade().and_then(|s| s.spool.clone()) else { return };
+        let mut reader = SpoolReader::new(spool.dir());
+        // Records whose topic is not available, by topic, in replay order.
+        let mut waiting_topic: HashMap<String, VecDeque<RecordRef>> = HashMap::new();
+        // Records to try again later, with their retry delay.
+        let mut retry_later: Vec<(Instant, Duration, RecordRef)> = Vec::new();
+        let mut delays: HashMap<RecordRef, Duration> = HashMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(sink) = weak.upgrade() else { return };
+            // Topics that came back: their records go first again, in their order.
+            waiting_topic.retain(|topic, places| {
+                if !sink.topic_ready(topic) {
+                    return true;
+                }
+                for place in places.drain(..).rev() {
+                    spool.unget(place);
+                }
+                false
+            });
+            let now = Instant::now();
+            retry_later.retain(|(due, delay, place)| {
+                if *due > now {
+                    return true;
+                }
+                delays.insert(*place, *delay);
+                spool.requeue(*place);
+                false
+            });
+            if sink.shared.fatal.load(Ordering::SeqCst) {
+                drop(sink);
+                sleep_unless(&stop, Duration::from_millis(100));
                 continue;
             }
+            drop(sink);
+            let Some(place) = spool.next_to_replay(Duration::from_millis(100)) else { continue };
+            let Some(sink) = weak.upgrade() else {
+                spool.unget(place);
+                return;
+            };
             let record = match reader.read(place) {
                 Ok(record) => record,
+                Err(SpoolError::Unreadable(segment, offset)) => {
+                    error!(segment, offset, "spooled record is damaged; moved to quarantine");
+                    spool.quarantine_unreadable(place);
+                    continue;
+                }
                 Err(err) => {
-                    sink.metrics.events_lost.inc();
-                    error!(error = %err, "spooled record unreadable; event lost");
-                    spool.ack(place);
+                    sink.metrics.replay_deferred("read_error");
+                    let delay = next_delay(delays.remove(&place));
+                    warn!(error = %err, retry_in = ?delay, "spooled record could not be read; retrying later");
+                    retry_later.push((Instant::now() + delay, delay, place));
                     continue;
                 }
             };
+            if !sink.topic_ready(&record.topic) {
+                sink.metrics.replay_deferred("topic_unavailable");
+                waiting_topic.entry(record.topic).or_default().push_back(place);
+                continue;
+            }
             let headers: Vec<(&str, &[u8])> = record.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
             let outgoing =
                 Outgoing { topic: &record.topic, key: &record.key, payload: &record.value, headers: &headers };
             loop {
-                match sink.send(&outgoing, Some(place)) {
+                match sink.send(&outgoing, Some(place), 0) {
                     Ok(()) => {
                         sink.metrics.replayed.inc();
+                        delays.remove(&place);
                         break;
                     }
                     Err(SinkError::QueueFull) if !stop.load(Ordering::Relaxed) => {
@@ -372,34 +649,43 @@ impl KafkaSink {
                         break;
                     }
                     Err(err) => {
-                        // A record librdkafka will never take (e.g. over message.max.bytes after a config change).
-                        sink.metrics.events_lost.inc();
-                        error!(error = %err, topic = record.topic, "spooled record refused by the producer; event lost");
-                        spool.ack(place);
+                        // Fatal (the supervisor rebuilds the producer), unknown topic, authorization, a record
+                        // over message.max.bytes after a config change...: the record stays and is tried again.
+                        let label = if matches!(err, SinkError::Produce(RDKafkaErrorCode::Fatal)) {
+                            "producer_fatal"
+                        } else {
+                            "produce_error"
+                        };
+                        sink.metrics.replay_deferred(label);
+                        let delay = next_delay(delays.remove(&place));
+                        warn!(error = %err, topic = %record.topic, retry_in = ?delay, "spooled record refused by the producer; it stays in the spool");
+                        retry_later.push((Instant::now() + delay, delay, place));
                         break;
                     }
                 }
             }
         }
+        // Back in the queue, so that the shutdown report counts them.
+        for place in waiting_topic.into_values().flatten().chain(retry_later.into_iter().map(|(_, _, p)| p)) {
+            spool.requeue(place);
+        }
     }
 
-    /// `Ok` when Kafka is reachable, the topics exist and the spool has room; else why not.
+    /// `Ok` while this instance can take a callback and keep it; else why not. Kafka's state plays no part.
     pub fn readiness(&self) -> Result<(), String> {
-        self.health.check()?;
-        if let Some(spool) = &self.spool {
-            if !spool.has_headroom(self.headroom(spool)) {
-                return Err("the disk spool is full".into());
+        match &self.spool {
+            Some(spool) => {
+                if !spool.has_headroom(SPOOL_READY_HEADROOM_BYTES.min(spool.max_bytes() / 16)) {
+                    return Err("the disk spool is full".into());
+                }
+            }
+            None => {
+                if self.shared.queue_full.load(Ordering::Relaxed) {
+                    return Err("the Kafka producer queue is full".into());
+                }
             }
         }
         Ok(())
-    }
-
-    /// Free spool space below which the instance is full: in memory mode, room for what is in the producer queue.
-    fn headroom(&self, spool: &Spool) -> u64 {
-        match self.durability {
-            Durability::Memory => MEMORY_MODE_HEADROOM_BYTES.min(spool.max_bytes() / 4),
-            Durability::Disk => DISK_MODE_HEADROOM_BYTES.min(spool.max_bytes() / 16),
-        }
     }
 
     /// Takes responsibility for one record: after `Ok`, it reaches Kafka at least once (within the guarantee
@@ -407,58 +693,64 @@ impl KafkaSink {
     pub async fn accept(&self, record: Outgoing<'_>) -> Result<(), SinkError> {
         match (&self.spool, self.durability) {
             (Some(spool), Durability::Disk) => {
-                let frame = frame::encode(record.topic, record.key, record.payload, record.headers.iter().copied())
-                    .map_err(SpoolError::from)?;
-                let place = spool.append(frame)?.await.map_err(|_| SpoolError::Closed)??;
+                let frame = frame::encode(record.topic, record.key, record.payload, record.headers.iter().copied())?;
+                let place = spool.append(frame)?.await?;
                 self.metrics.spooled("write_ahead");
-                match self.send(&record, Some(place)) {
-                    Ok(()) => Ok(()),
-                    Err(SinkError::QueueFull) => {
-                        spool.requeue(place);
-                        Ok(())
-                    }
-                    Err(err) => {
-                        spool.ack(place);
-                        Err(err)
-                    }
+                if let Err(err) = self.send(&record, Some(place), 0) {
+                    // On disk already: the replayer hands it over when the producer takes it.
+                    debug!(error = %err, "producer refused a spooled record; left to the replayer");
+                    spool.requeue(place);
                 }
+                Ok(())
             }
             (Some(spool), Durability::Memory) => {
-                if !spool.has_headroom(self.headroom(spool)) {
-                    return Err(SinkError::SpoolFull);
-                }
-                match self.send(&record, None) {
-                    Err(SinkError::QueueFull) => {
-                        let frame =
-                            frame::encode(record.topic, record.key, record.payload, record.headers.iter().copied())
-                                .map_err(SpoolError::from)?;
-                        spool.append_for_replay(frame)?;
-                        self.metrics.spooled("queue_full");
-                        Ok(())
-                    }
-                    other => other,
-                }
+                // Room for the record if Kafka fails it, taken now, so that it is there whatever comes after.
+                let reserved =
+                    frame::encoded_len(record.topic, record.key, record.payload, record.headers.iter().copied()) as u64;
+                spool.reserve(reserved)?;
+                let err = match self.send(&record, None, reserved) {
+                    Ok(()) => return Ok(()),
+                    Err(err) => err,
+                };
+                let frame = frame::encode(record.topic, record.key, record.payload, record.headers.iter().copied())
+                    .inspect_err(|_| spool.release(reserved))?;
+                spool.append_reserved(frame).inspect_err(|_| spool.release(reserved))?;
+                self.metrics.spooled(if matches!(err, SinkError::QueueFull) { "queue_full" } else { "produce_failed" });
+                Ok(())
             }
-            (None, _) => self.send(&record, None),
+            (None, _) => self.send(&record, None, 0),
         }
     }
 
-    fn send(&self, record: &Outgoing<'_>, spooled: Option<RecordRef>) -> Result<(), SinkError> {
+    fn send(&self, record: &Outgoing<'_>, spooled: Option<RecordRef>, reserved: u64) -> Result<(), SinkError> {
+        let producer = self.producer.load();
+        match seam::check("kafka.produce") {
+            None => {}
+            Some(Fault::Fatal) => raise_test_fatal(&producer),
+            Some(_) => return Err(SinkError::Produce(RDKafkaErrorCode::Fail)),
+        }
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in record.headers {
             headers = headers.insert(Header { key: name, value: Some(*value) });
         }
-        let inflight = Box::new(Inflight { handed_over: Instant::now(), spooled });
+        let inflight = Box::new(Inflight { handed_over: Instant::now(), spooled, reserved });
         let base =
             BaseRecord::with_opaque_to(record.topic, inflight).key(record.key).payload(record.payload).headers(headers);
         // Counted before the send: the delivery report may arrive on the polling thread before `send` returns.
         self.metrics.kafka_queue_events.inc();
-        match self.producer.send(base) {
+        match producer.send(base) {
             Ok(()) => Ok(()),
             Err((err, _)) => {
                 self.metrics.kafka_queue_events.dec();
                 Err(match err.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::QueueFull) => SinkError::QueueFull,
+                    Some(RDKafkaErrorCode::QueueFull) => {
+                        self.shared.queue_full.store(true, Ordering::Relaxed);
+                        SinkError::QueueFull
+                    }
+                    Some(RDKafkaErrorCode::Fatal) => {
+                        self.shared.fatal.store(true, Ordering::SeqCst);
+                        SinkError::Produce(RDKafkaErrorCode::Fatal)
+                    }
                     Some(code) => SinkError::Produce(code),
                     None => SinkError::Produce(RDKafkaErrorCode::Fail),
                 })
@@ -466,35 +758,73 @@ impl KafkaSink {
         }
     }
 
-    /// Stops replaying, waits up to `timeout` for every queued record to be reported on, spools what is left
-    /// (memory mode with a spool), and closes the spool.
-    pub fn shutdown(&self, timeout: Duration) -> FlushReport {
+    /// Stops replaying, waits until `deadline` for every queued record to be reported on, spools what is left
+    /// (memory mode with a spool), and closes the spool. Everything is bounded by the one deadline, except the
+    /// purge of memory mode (at most 1 s more), without which the purged records would be lost.
+    pub fn shutdown(&self, deadline: Instant) -> FlushReport {
         self.stop.store(true, Ordering::SeqCst);
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // The metadata watcher may sit in a request for a few seconds: it is not waited for (it holds no record).
         for thread in self.threads.lock().expect("threads lock").drain(..) {
-            let _ = thread.join();
+            if thread.thread().name() != Some("kafka-metadata") {
+                let _ = thread.join();
+            }
         }
-        if let Err(err) = self.producer.flush(timeout) {
+        let producer = self.producer.load_full();
+        if let Err(err) = producer.flush(deadline.saturating_duration_since(Instant::now())) {
             warn!(error = %err, "Kafka flush did not complete before the shutdown deadline");
         }
-        let undelivered = self.producer.in_flight_count().max(0) as usize;
-        let mut report = FlushReport { undelivered, spooled: 0 };
-        if let Some(spool) = &self.spool {
-            match self.durability {
-                // Every undelivered record is already on disk and is replayed on the next start.
-                Durability::Disk => report.spooled = undelivered as u64,
-                Durability::Memory if undelivered > 0 => {
-                    let before = self.metrics.spooled_count("shutdown");
-                    // Purged records come back as failed deliveries, which the context writes to the spool.
-                    self.producer.purge(PurgeConfig::default().queue().inflight());
-                    let _ = self.producer.flush(Duration::from_secs(5));
-                    report.spooled = self.metrics.spooled_count("shutdown") - before;
-                }
-                Durability::Memory => {}
-            }
-            spool.close();
-            info!(backlog = spool.replay_backlog(), "spool closed");
+        let in_flight = producer.in_flight_count().max(0) as usize;
+        let Some(spool) = &self.spool else {
+            return FlushReport { undelivered: in_flight, spooled: 0 };
+        };
+        let lost_before = self.metrics.events_lost.get();
+        if in_flight > 0 && self.durability == Durability::Memory {
+            // Purged records come back as failed deliveries, which the context writes to the spool.
+            producer.purge(PurgeConfig::default().queue().inflight());
+            let _ = producer.flush(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
         }
-        report
+        let backlog = spool.replay_backlog();
+        let left = spool.close();
+        let lost = self.metrics.events_lost.get() - lost_before;
+        info!(left, backlog, "spool closed");
+        FlushReport { undelivered: left as usize + lost as usize, spooled: left }
+    }
+}
+
+/// Makes librdkafka raise a fatal error on this producer, as a broker's fatal idempotence error would.
+fn raise_test_fatal(producer: &ThreadedProducer<SinkContext>) {
+    let reason = c"injected at seam kafka.produce";
+    // SAFETY: the client pointer is valid while `producer` is borrowed; the reason is a NUL-terminated string
+    // that librdkafka copies.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        );
+    }
+}
+
+fn create_producer(
+    config: &ClientConfig,
+    shared: &Arc<ContextShared>,
+) -> Result<ThreadedProducer<SinkContext>, SinkError> {
+    config.create_with_context(SinkContext(shared.clone())).map_err(SinkError::Config)
+}
+
+fn next_delay(previous: Option<Duration>) -> Duration {
+    previous.map_or(REPLAY_RETRY_MIN, |d| (d * 2).min(REPLAY_RETRY_MAX))
+}
+
+fn sleep_unless(stop: &AtomicBool, duration: Duration) {
+    let until = Instant::now() + duration;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 

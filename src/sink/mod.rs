@@ -5,5 +5,5 @@ mod kafka;
 
 pub use embedded::{EmbeddedKafka, ReadBackLogger};
 pub use kafka::{
-    Durability, FlushReport, KafkaSink, Outgoing, SinkError, SinkHealth, SinkSettings, DEFAULT_PRODUCER_PROPERTIES,
+    Durability, FlushReport, KafkaSink, KafkaStatus, Outgoing, SinkError, SinkSettings, DEFAULT_PRODUCER_PROPERTIES,
 };

@@ -42,6 +42,17 @@ fn put_u32(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), TooLarge> {
     Ok(())
 }
 
+/// The length of the frame [`encode`] makes of this record.
+pub fn encoded_len<'a>(
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> usize {
+    let headers: usize = headers.map(|(name, value)| 2 + name.len() + 4 + value.len()).sum();
+    HEADER_LEN + 2 + topic.len() + 4 + key.len() + 4 + value.len() + 2 + headers
+}
+
 /// Encodes one record as a complete frame.
 pub fn encode<'a>(
     topic: &str,
@@ -166,6 +177,16 @@ mod tests {
         assert_eq!(record.key, b"@TGS#1");
         assert_eq!(record.value, br#"{"a":1}"#);
         assert_eq!(record.headers, vec![("event_id".into(), b"abc".to_vec()), ("schema".into(), b"v1".to_vec())]);
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_frame() {
+        let headers: [(&str, &[u8]); 2] = [("event_id", b"abc"), ("schema", b"v1")];
+        assert_eq!(encoded_len("topic", b"@TGS#1", br#"{"a":1}"#, headers.into_iter()), sample().len());
+        assert_eq!(
+            encoded_len("", b"", b"", std::iter::empty()),
+            encode("", b"", b"", std::iter::empty()).unwrap().len()
+        );
     }
 
     #[test]

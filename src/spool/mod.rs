@@ -1,17 +1,30 @@
 //! The disk spool: an append-only, segmented log of records Kafka has not yet acknowledged, with group-committed
 //! fsyncs, recovery of torn and corrupt segments, and the queue of records waiting to be re-published.
+//!
+//! Every failure of a file operation has a named outcome (PostgreSQL's WAL is the model: nothing is assumed
+//! about a short write or a failed sync):
+//! - a write that fails or stops short is cut back to the last whole frame before anything else is written
+//!   (if the cut fails too, the segment is sealed and a new one started; if that fails, the next frame goes after
+//!   the damage, which recovery skips), and only that record is refused;
+//! - a failed fdatasync refuses every record of its batch, seals the segment (a later sync of the same file
+//!   proves nothing) and queues the batch for replay anyway: what is readable is still delivered;
+//! - a frame that cannot be read back is retried later; one proven undecodable moves to `quarantine/`;
+//! - a segment is deleted only when every record in it is delivered, and the directory is synced after.
 
 pub mod frame;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
@@ -19,6 +32,7 @@ use tracing::{error, info, warn};
 pub use frame::SpooledRecord;
 
 use crate::metrics::Metrics;
+use crate::seam::{self, Fault};
 
 /// Where one record lies in the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -44,7 +58,7 @@ pub enum SpoolError {
     /// The spool is closed (shutdown).
     #[error("the spool is closed")]
     Closed,
-    /// A record read back does not decode.
+    /// A record read back does not decode: its bytes are damaged.
     #[error("spool record at segment {0} offset {1} is unreadable")]
     Unreadable(u64, u64),
 }
@@ -81,12 +95,25 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+impl Shared {
+    fn queue_for_replay(&self, record: RecordRef) {
+        self.replay.lock().expect("replay lock").push_back(record);
+        self.replay_ready.notify_one();
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// A handle on the spool; cheap to share.
 pub struct Spool {
     dir: PathBuf,
     shared: Arc<Shared>,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<u64>>>,
+    // Records still in the spool when the writer stopped (set by `close`).
+    left_at_close: Mutex<Option<u64>>,
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
@@ -101,6 +128,42 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// An append waiting for its fsync. If the request that made it goes away first (the client hung up), the
+/// record is queued for replay instead of waiting in the spool for the next start.
+pub struct Written {
+    reply: oneshot::Receiver<Result<RecordRef, SpoolError>>,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Future for Written {
+    type Output = Result<RecordRef, SpoolError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.reply).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                self.done = true;
+                Poll::Ready(result.unwrap_or(Err(SpoolError::Closed)))
+            }
+        }
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // After close() the writer can no longer deliver into this receiver: either the result is here now, or
+        // the writer sees the closed channel and queues the record itself.
+        self.reply.close();
+        if let Ok(Ok(place)) = self.reply.try_recv() {
+            self.shared.queue_for_replay(place);
+        }
+    }
+}
+
 impl Spool {
     /// Opens (creating if needed) the spool, recovers existing segments, and queues every record found for replay.
     pub fn open(config: SpoolConfig, metrics: Arc<Metrics>) -> Result<Arc<Spool>, SpoolError> {
@@ -113,16 +176,21 @@ impl Spool {
             .filter_map(|path| segment_number(&path).map(|n| (n, path)))
             .collect();
         paths.sort();
+        let mut removed_any = false;
         for (segment, path) in &paths {
             let offsets = recover_segment(&config.dir, *segment, path, &metrics)?;
             if offsets.is_empty() {
                 fs::remove_file(path)?;
+                removed_any = true;
                 continue;
             }
             let len = fs::metadata(path)?.len();
             used += len;
             segments.insert(*segment, SegmentState { outstanding: offsets.len() as u64, len });
             recovered.extend(offsets.into_iter().map(|offset| RecordRef { segment: *segment, offset }));
+        }
+        if removed_any {
+            sync_dir(&config.dir)?;
         }
         if !recovered.is_empty() {
             info!(records = recovered.len(), segments = segments.len(), "spool recovered; records queued for replay");
@@ -144,10 +212,11 @@ impl Spool {
         let mut writer = Writer {
             dir: config.dir.clone(),
             segment_bytes: config.segment_bytes,
-            active,
+            active: Some(active),
             active_segment,
             segments,
             shared: shared.clone(),
+            deleted: false,
         };
         let handle = thread::Builder::new()
             .name("spool-writer".into())
@@ -158,6 +227,7 @@ impl Spool {
             shared,
             commands: Mutex::new(Some(commands)),
             writer: Mutex::new(Some(handle)),
+            left_at_close: Mutex::new(None),
         }))
     }
 
@@ -171,11 +241,17 @@ impl Spool {
         self.shared.max_bytes
     }
 
-    fn reserve(&self, bytes: u64, limit: u64) -> Result<(), SpoolError> {
+    /// Bytes in use or reserved.
+    pub fn used_bytes(&self) -> u64 {
+        self.shared.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` of the spool's room, or fails with [`SpoolError::Full`].
+    pub fn reserve(&self, bytes: u64) -> Result<(), SpoolError> {
         let shared = &self.shared;
         let mut used = shared.used_bytes.load(Ordering::Relaxed);
         loop {
-            if used + bytes > limit {
+            if used + bytes > shared.max_bytes {
                 return Err(SpoolError::Full);
             }
             match shared.used_bytes.compare_exchange_weak(used, used + bytes, Ordering::AcqRel, Ordering::Relaxed) {
@@ -185,33 +261,38 @@ impl Spool {
         }
     }
 
+    /// Gives back room taken by [`Spool::reserve`] that was not used.
+    pub fn release(&self, bytes: u64) {
+        self.shared.release(bytes);
+    }
+
     fn send(&self, command: Command) -> Result<(), SpoolError> {
         let commands = self.commands.lock().expect("spool lock");
         commands.as_ref().ok_or(SpoolError::Closed)?.send(command).map_err(|_| SpoolError::Closed)
     }
 
     /// Writes a frame and resolves once it is on disk (fsynced), with its place in the spool.
-    pub fn append(&self, frame: Vec<u8>) -> Result<oneshot::Receiver<Result<RecordRef, SpoolError>>, SpoolError> {
-        self.reserve(frame.len() as u64, self.shared.max_bytes)?;
-        let (reply, written) = oneshot::channel();
+    pub fn append(&self, frame: Vec<u8>) -> Result<Written, SpoolError> {
         let len = frame.len() as u64;
+        self.reserve(len)?;
+        let (reply, written) = oneshot::channel();
         self.send(Command::Append { frame, then: AfterWrite::Reply(reply) }).inspect_err(|_| self.release(len))?;
-        Ok(written)
+        Ok(Written { reply: written, shared: self.shared.clone(), done: false })
     }
 
     /// Writes a frame and queues it for re-publishing once it is on disk.
     pub fn append_for_replay(&self, frame: Vec<u8>) -> Result<(), SpoolError> {
-        self.reserve(frame.len() as u64, self.shared.max_bytes)?;
         let len = frame.len() as u64;
-        self.send(Command::Append { frame, then: AfterWrite::Replay }).inspect_err(|_| self.release(len))
+        self.reserve(len)?;
+        self.append_reserved(frame).inspect_err(|_| self.release(len))
     }
 
-    fn release(&self, bytes: u64) {
-        self.shared.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    /// Like [`Spool::append_for_replay`], for a frame whose room was reserved before (its length exactly).
+    pub fn append_reserved(&self, frame: Vec<u8>) -> Result<(), SpoolError> {
+        self.send(Command::Append { frame, then: AfterWrite::Replay })
     }
 
-    /// True while at least `headroom` bytes are free: new callbacks are refused below that, so that the
-    /// records already in flight always find room if Kafka fails them.
+    /// True while at least `headroom` bytes are free.
     pub fn has_headroom(&self, headroom: u64) -> bool {
         self.shared.used_bytes.load(Ordering::Relaxed) + headroom <= self.shared.max_bytes
     }
@@ -225,8 +306,7 @@ impl Spool {
 
     /// Queues a record already on disk for re-publishing (at the back).
     pub fn requeue(&self, record: RecordRef) {
-        self.shared.replay.lock().expect("replay lock").push_back(record);
-        self.shared.replay_ready.notify_one();
+        self.shared.queue_for_replay(record);
     }
 
     /// Puts a record back at the front of the replay queue (it was taken but not sent).
@@ -247,12 +327,29 @@ impl Spool {
         self.shared.replay.lock().expect("replay lock").len()
     }
 
-    /// Stops the writer after it has written and synced every command sent so far.
-    pub fn close(&self) {
-        drop(self.commands.lock().expect("spool lock").take());
-        if let Some(writer) = self.writer.lock().expect("spool lock").take() {
-            let _ = writer.join();
+    /// Moves the bytes of a record that cannot be decoded to `quarantine/` and drops it from the spool.
+    pub fn quarantine_unreadable(&self, record: RecordRef) {
+        let path = segment_path(&self.dir, record.segment);
+        let bytes = read_frame_bytes(&path, record.offset).unwrap_or_default();
+        match quarantine(&self.dir, record.segment, record.offset as usize, &bytes, "unreadable at replay") {
+            Ok(()) => {
+                self.shared.metrics.spool_quarantined.inc();
+                self.ack(record);
+            }
+            // Kept: retried at the next start rather than deleted without a copy.
+            Err(err) => error!(error = %err, segment = record.segment, "spool: cannot quarantine an unreadable record"),
         }
+    }
+
+    /// Stops the writer after it has written and synced every command sent so far; returns how many records
+    /// are left in the spool (not acknowledged by Kafka), all of which the next start replays.
+    pub fn close(&self) -> u64 {
+        drop(self.commands.lock().expect("spool lock").take());
+        let mut left = self.left_at_close.lock().expect("spool lock");
+        if let Some(writer) = self.writer.lock().expect("spool lock").take() {
+            *left = Some(writer.join().unwrap_or(0));
+        }
+        left.unwrap_or(0)
     }
 }
 
@@ -260,6 +357,23 @@ impl Drop for Spool {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn read_frame_bytes(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut header = [0u8; frame::HEADER_LEN];
+    let available = len.saturating_sub(offset) as usize;
+    let header_len = available.min(frame::HEADER_LEN);
+    file.read_exact_at(&mut header[..header_len], offset)?;
+    let declared = if header_len == frame::HEADER_LEN {
+        u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize + frame::HEADER_LEN
+    } else {
+        header_len
+    };
+    let mut bytes = vec![0u8; declared.min(available).min(frame::HEADER_LEN + frame::MAX_PAYLOAD)];
+    file.read_exact_at(&mut bytes, offset)?;
+    Ok(bytes)
 }
 
 /// Reads records back by their [`RecordRef`], keeping a few segment files open.
@@ -274,8 +388,11 @@ impl SpoolReader {
         SpoolReader { dir: dir.to_owned(), files: HashMap::new() }
     }
 
-    /// Reads and verifies one record.
+    /// Reads and verifies one record: [`SpoolError::Io`] for a failed read (worth retrying),
+    /// [`SpoolError::Unreadable`] for bytes that are there but are not a valid frame, or end too soon.
     pub fn read(&mut self, record: RecordRef) -> Result<SpooledRecord, SpoolError> {
+        seam::fail_io("spool.read")?;
+        let unreadable = SpoolError::Unreadable(record.segment, record.offset);
         if !self.files.contains_key(&record.segment) {
             if self.files.len() >= 8 {
                 self.files.clear();
@@ -284,18 +401,22 @@ impl SpoolReader {
         }
         let file = &self.files[&record.segment];
         let mut header = [0u8; frame::HEADER_LEN];
-        file.read_exact_at(&mut header, record.offset)?;
+        match file.read_exact_at(&mut header, record.offset) {
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(unreadable),
+            other => other?,
+        }
         let payload_len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
         if payload_len > frame::MAX_PAYLOAD {
-            return Err(SpoolError::Unreadable(record.segment, record.offset));
+            return Err(unreadable);
         }
         let mut buffer = vec![0u8; frame::HEADER_LEN + payload_len];
-        file.read_exact_at(&mut buffer, record.offset)?;
+        match file.read_exact_at(&mut buffer, record.offset) {
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(unreadable),
+            other => other?,
+        }
         match frame::scan(&buffer) {
-            frame::Scan::Frame(_) => {
-                frame::decode(&buffer).ok_or(SpoolError::Unreadable(record.segment, record.offset))
-            }
-            _ => Err(SpoolError::Unreadable(record.segment, record.offset)),
+            frame::Scan::Frame(_) => frame::decode(&buffer).ok_or(unreadable),
+            _ => Err(unreadable),
         }
     }
 }
@@ -312,92 +433,113 @@ struct SegmentState {
 struct Writer {
     dir: PathBuf,
     segment_bytes: u64,
-    active: File,
+    // None after every attempt to open a segment failed: appends fail until one succeeds.
+    active: Option<File>,
     active_segment: u64,
     segments: BTreeMap<u64, SegmentState>,
     shared: Arc<Shared>,
+    // A segment was deleted since the directory was last synced.
+    deleted: bool,
 }
 
 fn open_segment(dir: &Path, segment: u64) -> io::Result<File> {
+    seam::fail_io("spool.rotate")?;
     let file = OpenOptions::new().create(true).append(true).open(segment_path(dir, segment))?;
     sync_dir(dir)?;
     Ok(file)
 }
 
+/// One append of a batch, once written (or not).
+struct Appended {
+    result: Result<RecordRef, io::Error>,
+    len: u64,
+    then: AfterWrite,
+}
+
 impl Writer {
-    fn run(&mut self, commands: mpsc::Receiver<Command>) {
+    fn run(&mut self, commands: mpsc::Receiver<Command>) -> u64 {
         // Group commit: everything that queued up while the previous fsync ran shares the next one.
         while let Ok(first) = commands.recv() {
             let mut batch = vec![first];
             batch.extend(commands.try_iter().take(4096));
             self.process(batch);
         }
-        if let Err(err) = self.active.sync_data() {
-            error!(error = %err, "spool: final fsync failed");
+        if let Some(active) = &self.active {
+            if let Err(err) = active.sync_data() {
+                error!(error = %err, "spool: final fsync failed");
+            }
         }
         // A clean stop leaves no delivered records behind to be replayed as duplicates.
         if self.segments.get(&self.active_segment).is_some_and(|state| state.outstanding == 0) {
-            let _ = fs::remove_file(segment_path(&self.dir, self.active_segment));
+            if fs::remove_file(segment_path(&self.dir, self.active_segment)).is_ok() {
+                self.deleted = true;
+            }
         }
+        self.sync_dir_after_delete();
+        self.segments.values().map(|state| state.outstanding).sum()
     }
 
     fn process(&mut self, batch: Vec<Command>) {
-        let mut written: Vec<(RecordRef, AfterWrite)> = Vec::new();
+        let mut appended: Vec<Appended> = Vec::new();
         let mut acks = Vec::new();
-        let mut failed: Option<io::Error> = None;
         for command in batch {
             match command {
                 Command::Append { frame, then } => {
-                    if failed.is_some() {
-                        self.shared.used_bytes.fetch_sub(frame.len() as u64, Ordering::AcqRel);
-                        written.push((RecordRef { segment: 0, offset: u64::MAX }, then));
-                        continue;
-                    }
-                    match self.write(&frame) {
-                        Ok(place) => written.push((place, then)),
-                        Err(err) => {
-                            self.shared.used_bytes.fetch_sub(frame.len() as u64, Ordering::AcqRel);
-                            written.push((RecordRef { segment: 0, offset: u64::MAX }, then));
-                            failed = Some(err);
-                        }
-                    }
+                    let result = self.write(&frame);
+                    appended.push(Appended { result, len: frame.len() as u64, then });
                 }
                 Command::Ack(record) => acks.push(record),
             }
         }
-        if !written.is_empty() && failed.is_none() {
+        let mut sync_failed: Option<io::Error> = None;
+        if appended.iter().any(|a| a.result.is_ok()) {
             let started = Instant::now();
-            if let Err(err) = self.active.sync_data() {
-                failed = Some(err);
-            }
+            let synced = match seam::check("spool.fsync") {
+                Some(Fault::Error(err)) => Err(err),
+                _ => self.active.as_ref().map_or(Ok(()), |file| file.sync_data()),
+            };
             self.shared.metrics.spool_fsync_duration.observe(started.elapsed().as_secs_f64());
+            if let Err(err) = synced {
+                error!(error = %err, "spool: fsync failed; the batch is refused and the segment sealed");
+                // After a failed fdatasync the kernel may have dropped the dirty pages and a later sync of the
+                // same file can succeed without them: nothing more is written to this file.
+                self.seal();
+                sync_failed = Some(err);
+            }
         }
         let metrics = self.shared.metrics.clone();
-        for (place, then) in written {
-            let ok = failed.is_none() && place.offset != u64::MAX;
-            if ok {
-                metrics.spool_events.inc();
+        for Appended { result, len, then } in appended {
+            let place = match result {
+                Ok(place) => place,
+                Err(err) => {
+                    self.shared.release(len);
+                    match then {
+                        AfterWrite::Reply(reply) => {
+                            let _ = reply.send(Err(SpoolError::Io(err)));
+                        }
+                        AfterWrite::Replay => {
+                            metrics.events_lost.inc();
+                            error!(error = %err, "spool write failed; a record Kafka had refused is lost");
+                        }
+                    }
+                    continue;
+                }
+            };
+            metrics.spool_events.inc();
+            match (then, &sync_failed) {
+                (AfterWrite::Reply(reply), None) => {
+                    if let Err(Ok(place)) = reply.send(Ok(place)) {
+                        // The request went away while waiting: replay the record now, not at the next start.
+                        self.shared.queue_for_replay(place);
+                    }
+                }
+                (AfterWrite::Reply(reply), Some(err)) => {
+                    // Refused, but the bytes are in the file: deliver them anyway rather than pin the segment.
+                    let _ = reply.send(Err(SpoolError::Io(io::Error::new(err.kind(), err.to_string()))));
+                    self.shared.queue_for_replay(place);
+                }
+                (AfterWrite::Replay, _) => self.shared.queue_for_replay(place),
             }
-            match then {
-                AfterWrite::Reply(reply) => {
-                    let result = match &failed {
-                        None => Ok(place),
-                        Some(err) => Err(SpoolError::Io(io::Error::new(err.kind(), err.to_string()))),
-                    };
-                    let _ = reply.send(result);
-                }
-                AfterWrite::Replay if ok => {
-                    self.shared.replay.lock().expect("replay lock").push_back(place);
-                    self.shared.replay_ready.notify_one();
-                }
-                AfterWrite::Replay => {
-                    metrics.events_lost.inc();
-                    error!("spool write failed; a record Kafka had refused is lost");
-                }
-            }
-        }
-        if let Some(err) = failed {
-            error!(error = %err, "spool write failed");
         }
         // Acks after the fsync: a record re-spooled in this batch is durable before its older copy goes.
         for record in acks {
@@ -405,32 +547,92 @@ impl Writer {
         }
         // Delivered records of the active segment would be replayed after a crash: start afresh whenever
         // everything in it is delivered.
-        let active = &self.segments[&self.active_segment];
-        if active.outstanding == 0 && active.len >= ROTATE_WHEN_DELIVERED_BYTES.min(self.segment_bytes / 4) {
-            if let Err(err) = self.rotate() {
-                error!(error = %err, "spool: cannot start a new segment");
+        if let Some(active) = self.segments.get(&self.active_segment) {
+            if active.outstanding == 0 && active.len >= ROTATE_WHEN_DELIVERED_BYTES.min(self.segment_bytes / 4) {
+                if let Err(err) = self.rotate() {
+                    error!(error = %err, "spool: cannot start a new segment");
+                }
             }
         }
+        self.sync_dir_after_delete();
         metrics.spool_bytes.set(self.shared.used_bytes.load(Ordering::Relaxed) as i64);
     }
 
+    fn sync_dir_after_delete(&mut self) {
+        if !self.deleted {
+            return;
+        }
+        match seam::fail_io("spool.delete").and_then(|()| sync_dir(&self.dir)) {
+            Ok(()) => self.deleted = false,
+            // Tried again after the next batch; a deletion that is lost in a crash only replays duplicates.
+            Err(err) => warn!(error = %err, "spool: cannot sync the directory after deleting segments"),
+        }
+    }
+
     fn write(&mut self, frame: &[u8]) -> io::Result<RecordRef> {
+        if self.active.is_none() {
+            self.rotate()?;
+        }
         let state = self.segments.get(&self.active_segment).expect("active segment tracked");
         if state.len > 0 && state.len + frame.len() as u64 > self.segment_bytes {
             self.rotate()?;
         }
+        let good_len = self.segments[&self.active_segment].len;
+        let file = self.active.as_mut().expect("active segment open");
+        let written = match seam::check("spool.write") {
+            Some(Fault::Error(err)) => Err(err),
+            Some(Fault::Short) => {
+                let _ = file.write_all(&frame[..frame.len() / 2]);
+                Err(io::Error::new(io::ErrorKind::WriteZero, "injected short write at spool.write"))
+            }
+            _ => file.write_all(frame),
+        };
+        if let Err(err) = written {
+            self.undo_partial_write(good_len);
+            return Err(err);
+        }
         let state = self.segments.get_mut(&self.active_segment).expect("active segment tracked");
-        self.active.write_all(frame)?;
         let place = RecordRef { segment: self.active_segment, offset: state.len };
         state.len += frame.len() as u64;
         state.outstanding += 1;
         Ok(place)
     }
 
+    /// After a failed or short write: nothing may follow a partial frame at an offset computed from the old
+    /// length. Cut the file back; failing that, seal it and start a new segment; failing that too, take the
+    /// file's real length, so that the next frame lies where its reference says (recovery skips the damage).
+    fn undo_partial_write(&mut self, good_len: u64) {
+        let cut = seam::fail_io("spool.truncate")
+            .and_then(|()| self.active.as_ref().map_or(Ok(()), |file| file.set_len(good_len)));
+        let Err(err) = cut else { return };
+        error!(error = %err, segment = self.active_segment, "spool: cannot cut a failed write back; sealing the segment");
+        self.seal();
+        if let Err(err) = self.rotate() {
+            error!(error = %err, "spool: cannot start a new segment after a failed write");
+        }
+    }
+
+    /// Stops writing to the active segment; the next write starts a new one.
+    fn seal(&mut self) {
+        if let Some(file) = self.active.take() {
+            if let Some(state) = self.segments.get_mut(&self.active_segment) {
+                // What is really in the file, partial frames included, so that no later offset is wrong.
+                state.len = file.metadata().map_or(state.len, |m| m.len().max(state.len));
+            }
+        }
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
-        self.active.sync_data()?;
+        if let Some(active) = &self.active {
+            match seam::check("spool.fsync") {
+                Some(Fault::Error(err)) => return Err(err),
+                _ => active.sync_data()?,
+            }
+        }
         let next = self.active_segment + 1;
-        self.active = open_segment(&self.dir, next)?;
+        // Opened before anything changes: a failure leaves the writer as it was.
+        let file = open_segment(&self.dir, next)?;
+        self.active = Some(file);
         let sealed = std::mem::replace(&mut self.active_segment, next);
         self.segments.insert(next, SegmentState { outstanding: 0, len: 0 });
         self.delete_if_done(sealed);
@@ -448,15 +650,16 @@ impl Writer {
     }
 
     fn delete_if_done(&mut self, segment: u64) {
-        if segment == self.active_segment {
+        if segment == self.active_segment && self.active.is_some() {
             return;
         }
         if let Some(state) = self.segments.get(&segment) {
             if state.outstanding == 0 {
                 match fs::remove_file(segment_path(&self.dir, segment)) {
                     Ok(()) => {
-                        self.shared.used_bytes.fetch_sub(state.len, Ordering::AcqRel);
+                        self.shared.release(state.len);
                         self.segments.remove(&segment);
+                        self.deleted = true;
                     }
                     Err(err) => error!(segment, error = %err, "spool: cannot delete a delivered segment"),
                 }
@@ -465,8 +668,23 @@ impl Writer {
     }
 }
 
-/// Scans one segment: a torn tail is cut off, corrupt regions are moved to `quarantine/`, and the file is
-/// rewritten with only its valid frames. Returns the offsets of those frames.
+/// Where the next valid frame starts at or after `from`, if any.
+fn next_frame(data: &[u8], from: usize) -> Option<usize> {
+    let finder = memchr::memmem::Finder::new(&frame::MAGIC);
+    let mut at = from;
+    while at < data.len() {
+        let found = at + finder.find(&data[at..])?;
+        if matches!(frame::scan(&data[found..]), frame::Scan::Frame(_)) {
+            return Some(found);
+        }
+        at = found + 1;
+    }
+    None
+}
+
+/// Scans one segment: damaged bytes between valid frames are moved to `quarantine/` and counted, a torn tail
+/// (bytes after the last valid frame that do not form one: a write a crash cut short, never acknowledged) is
+/// kept there too, and the file is rewritten with only its valid frames. Returns the offsets of those frames.
 fn recover_segment(dir: &Path, segment: u64, path: &Path, metrics: &Metrics) -> Result<Vec<u64>, SpoolError> {
     let data = fs::read(path)?;
     let mut offsets = Vec::new();
@@ -474,27 +692,22 @@ fn recover_segment(dir: &Path, segment: u64, path: &Path, metrics: &Metrics) -> 
     let mut position = 0;
     let mut damaged = false;
     while position < data.len() {
-        match frame::scan(&data[position..]) {
-            frame::Scan::Frame(len) => {
-                kept.push((position, len));
-                position += len;
-            }
-            frame::Scan::Torn => {
-                quarantine(dir, segment, position, &data[position..], "torn tail (crash mid-write)")?;
-                damaged = true;
-                break;
-            }
-            frame::Scan::Corrupt => {
-                let resume = (position + 1..data.len())
-                    .find(|&at| {
-                        data[at..].starts_with(&frame::MAGIC)
-                            && matches!(frame::scan(&data[at..]), frame::Scan::Frame(_))
-                    })
-                    .unwrap_or(data.len());
-                quarantine(dir, segment, position, &data[position..resume], "bad checksum")?;
+        if let frame::Scan::Frame(len) = frame::scan(&data[position..]) {
+            kept.push((position, len));
+            position += len;
+            continue;
+        }
+        // Whatever the bad frame claims about its own length, look for the next valid frame after it.
+        damaged = true;
+        match next_frame(&data, position + 1) {
+            Some(resume) => {
+                quarantine(dir, segment, position, &data[position..resume], "damaged frame")?;
                 metrics.spool_quarantined.inc();
-                damaged = true;
                 position = resume;
+            }
+            None => {
+                quarantine(dir, segment, position, &data[position..], "torn tail (crash mid-write)")?;
+                break;
             }
         }
     }
@@ -512,6 +725,7 @@ fn recover_segment(dir: &Path, segment: u64, path: &Path, metrics: &Metrics) -> 
         file.write_all(&rewritten)?;
         file.sync_all()?;
     }
+    seam::fail_io("spool.rename")?;
     fs::rename(&temporary, path)?;
     sync_dir(dir)?;
     Ok(offsets)
@@ -519,11 +733,17 @@ fn recover_segment(dir: &Path, segment: u64, path: &Path, metrics: &Metrics) -> 
 
 fn quarantine(dir: &Path, segment: u64, offset: usize, bytes: &[u8], why: &str) -> Result<(), SpoolError> {
     let quarantine_dir = dir.join("quarantine");
-    fs::create_dir_all(&quarantine_dir)?;
-    let path = quarantine_dir.join(format!("segment-{segment:016}-at-{offset}.bin"));
-    let mut file = File::create(&path)?;
+    if !quarantine_dir.exists() {
+        fs::create_dir_all(&quarantine_dir)?;
+        sync_dir(dir)?;
+    }
+    // Unique: a later spool whose segment numbers start again at 1 must not overwrite an earlier quarantine.
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let path = quarantine_dir.join(format!("segment-{segment:016}-at-{offset}-{stamp}-{}.bin", std::process::id()));
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
     file.write_all(bytes)?;
     file.sync_all()?;
+    sync_dir(&quarantine_dir)?;
     error!(path = %path.display(), bytes = bytes.len(), reason = why, "spool: damaged bytes moved to quarantine");
     Ok(())
 }
@@ -558,7 +778,7 @@ mod tests {
         let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
         let mut places = Vec::new();
         for i in 0..40 {
-            places.push(spool.append(frame_for(i)).unwrap().await.unwrap().unwrap());
+            places.push(spool.append(frame_for(i)).unwrap().await.unwrap());
         }
         assert!(places.iter().map(|p| p.segment).max() > places.iter().map(|p| p.segment).min(), "rotated");
         for place in &places[..25] {
@@ -589,8 +809,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool =
             Spool::open(SpoolConfig { max_bytes: 1000, ..config(dir.path()) }, Arc::new(Metrics::new())).unwrap();
-        spool.append(frame_for(0)).unwrap().await.unwrap().unwrap();
-        spool.append(frame_for(1)).unwrap().await.unwrap().unwrap();
+        spool.append(frame_for(0)).unwrap().await.unwrap();
+        spool.append(frame_for(1)).unwrap().await.unwrap();
         assert!(matches!(spool.append(frame_for(2)), Err(SpoolError::Full)));
         assert!(!spool.has_headroom(400));
     }
@@ -601,7 +821,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
         for i in 0..3 {
-            spool.append(frame_for(i)).unwrap().await.unwrap().unwrap();
+            spool.append(frame_for(i)).unwrap().await.unwrap();
         }
         spool.close();
         drop(spool);
@@ -624,5 +844,198 @@ mod tests {
         let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
         assert_eq!(drain(&spool).len(), 2);
         assert_eq!(metrics.spool_quarantined.get(), 1);
+    }
+
+    fn quarantine_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join("quarantine"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_frame_whose_length_runs_past_the_end_does_not_take_the_frames_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+        for i in 0..4 {
+            spool.append(frame_for(i)).unwrap().await.unwrap();
+        }
+        spool.close();
+        drop(spool);
+        let path = segment_path(dir.path(), 1);
+        let mut data = fs::read(&path).unwrap();
+        let frame_len = frame_for(0).len();
+        // The second frame's length field now claims more bytes than the file has.
+        data[frame_len + 4..frame_len + 8].copy_from_slice(&(1_000_000u32).to_le_bytes());
+        fs::write(&path, &data).unwrap();
+
+        let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+        let recovered = drain(&spool);
+        assert_eq!(keys(dir.path(), &recovered), vec!["k0", "k2", "k3"]);
+        assert_eq!(metrics.spool_quarantined.get(), 1, "only the damaged frame is counted");
+        let quarantined = quarantine_files(dir.path());
+        assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+        let bytes = fs::read(dir.path().join("quarantine").join(&quarantined[0])).unwrap();
+        assert_eq!(bytes.len(), frame_len, "exactly the damaged frame's bytes are kept");
+    }
+
+    #[tokio::test]
+    async fn quarantine_never_overwrites_an_earlier_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        for round in 0..2 {
+            let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+            // Acknowledge what an earlier round left, so that segment numbering starts again at 1.
+            for place in drain(&spool) {
+                spool.ack(place);
+            }
+            spool.close();
+            drop(spool);
+            for path in fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.path()) {
+                if segment_number(&path).is_some() {
+                    fs::remove_file(path).unwrap();
+                }
+            }
+            let mut data = frame_for(round);
+            data.extend_from_slice(&frame_for(10 + round)[..50]);
+            fs::write(segment_path(dir.path(), 1), &data).unwrap();
+            let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+            assert_eq!(drain(&spool).len(), 1);
+        }
+        assert_eq!(quarantine_files(dir.path()).len(), 2, "two torn tails of segment 1 at the same offset");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_moves_to_quarantine_and_leaves_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+        let first = spool.append(frame_for(0)).unwrap().await.unwrap();
+        let second = spool.append(frame_for(1)).unwrap().await.unwrap();
+        // Damaged after it was written (a bad sector, say): the reader proves it undecodable.
+        let path = segment_path(dir.path(), first.segment);
+        let mut data = fs::read(&path).unwrap();
+        data[first.offset as usize + 40] ^= 0xff;
+        fs::write(&path, &data).unwrap();
+        let mut reader = SpoolReader::new(dir.path());
+        assert!(matches!(reader.read(first), Err(SpoolError::Unreadable(..))));
+        assert!(reader.read(second).is_ok());
+        spool.quarantine_unreadable(first);
+        spool.ack(second);
+        assert_eq!(spool.close(), 0, "nothing left once both are settled");
+        assert_eq!(metrics.spool_quarantined.get(), 1);
+        assert_eq!(quarantine_files(dir.path()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_reports_every_record_left_including_the_replay_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+        for i in 0..5 {
+            spool.append_for_replay(frame_for(i)).unwrap();
+        }
+        let place = spool.append(frame_for(5)).unwrap().await.unwrap();
+        spool.ack(place);
+        assert_eq!(spool.close(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_append_whose_caller_went_away_is_queued_for_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+        drop(spool.append(frame_for(0)).unwrap());
+        let place = spool.next_to_replay(Duration::from_secs(5)).expect("queued for replay");
+        assert_eq!(keys(dir.path(), &[place]), vec!["k0"]);
+    }
+
+    /// Seams are process-wide: these tests run one at a time (FailScenario holds a lock).
+    #[cfg(feature = "failpoints")]
+    mod seams {
+        use super::*;
+
+        #[tokio::test]
+        async fn a_short_write_is_cut_back_and_the_records_after_it_are_where_their_references_say() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let metrics = Arc::new(Metrics::new());
+            let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+            let a = spool.append(frame_for(0)).unwrap().await.unwrap();
+            fail::cfg("spool.write", "1*return(short)").unwrap();
+            assert!(spool.append(frame_for(1)).unwrap().await.is_err(), "the short write is refused");
+            let c = spool.append(frame_for(2)).unwrap().await.unwrap();
+            assert_eq!(keys(dir.path(), &[a, c]), vec!["k0", "k2"]);
+            spool.close();
+            drop(spool);
+            let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+            assert_eq!(keys(dir.path(), &drain(&spool)), vec!["k0", "k2"]);
+            assert_eq!(metrics.spool_quarantined.get(), 0, "nothing damaged was left behind");
+            scenario.teardown();
+        }
+
+        #[tokio::test]
+        async fn a_failed_truncate_seals_the_segment_and_later_records_stay_readable() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let metrics = Arc::new(Metrics::new());
+            let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+            let a = spool.append(frame_for(0)).unwrap().await.unwrap();
+            fail::cfg("spool.write", "1*return(short)").unwrap();
+            fail::cfg("spool.truncate", "1*return").unwrap();
+            assert!(spool.append(frame_for(1)).unwrap().await.is_err());
+            let c = spool.append(frame_for(2)).unwrap().await.unwrap();
+            assert_ne!(c.segment, a.segment, "a new segment after the damage");
+            assert_eq!(keys(dir.path(), &[a, c]), vec!["k0", "k2"]);
+            spool.close();
+            drop(spool);
+            let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+            assert_eq!(keys(dir.path(), &drain(&spool)), vec!["k0", "k2"]);
+            scenario.teardown();
+        }
+
+        #[tokio::test]
+        async fn a_failed_write_in_a_batch_settles_the_frames_before_it() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            // The writer is held up by the first append's write; three more queue behind it and share one
+            // batch, whose second write fails.
+            fail::cfg("spool.write", "1*sleep(300)->1*off->1*return->off").unwrap();
+            let first = spool.append(frame_for(0)).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let batch: Vec<_> = (1..4).map(|i| spool.append(frame_for(i)).unwrap()).collect();
+            assert!(first.await.is_ok());
+            let mut results = Vec::new();
+            for written in batch {
+                results.push(written.await);
+            }
+            assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
+            for place in results.iter().filter_map(|r| r.as_ref().ok()) {
+                spool.ack(*place);
+            }
+            spool.close();
+            // Only what was refused is gone; nothing is pinned: the acked frames' segment was deleted at close.
+            let left: Vec<_> =
+                fs::read_dir(dir.path()).unwrap().filter_map(|e| segment_number(&e.unwrap().path())).collect();
+            assert!(left.len() <= 1, "{left:?}");
+            scenario.teardown();
+        }
+
+        #[tokio::test]
+        async fn a_failed_fsync_refuses_the_batch_seals_the_segment_and_still_replays_it() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let before = spool.append(frame_for(0)).unwrap().await.unwrap();
+            fail::cfg("spool.fsync", "1*return").unwrap();
+            assert!(spool.append(frame_for(1)).unwrap().await.is_err());
+            let after = spool.append(frame_for(2)).unwrap().await.unwrap();
+            assert_ne!(after.segment, before.segment, "nothing more is written to a file whose fsync failed");
+            let replayed = spool.next_to_replay(Duration::from_secs(2)).expect("the refused record is replayed");
+            assert_eq!(keys(dir.path(), &[replayed]), vec!["k1"]);
+            scenario.teardown();
+        }
     }
 }

@@ -120,9 +120,12 @@ impl Broker {
         kafka::consume(&self.addr, topic, expected, timeout, Duration::from_millis(1500))
     }
 
-    /// Consumes `topic` for `wait` and asserts it holds no record.
+    /// Asserts that `topic` (one partition) holds no record: appends a marker and reads until the marker
+    /// arrives, so that the read cannot end before a fetch did (`wait` is extra time after the marker for
+    /// records still on their way; what the forwarder publishes later is not seen).
     pub fn assert_no_records(&self, topic: &str, wait: Duration) {
-        let records = kafka::consume(&self.addr, topic, 1, wait, Duration::ZERO);
+        let marker = kafka::produce_marker(&self.addr, topic);
+        let records = kafka::consume_until_marker(&self.addr, topic, &marker, Duration::from_secs(20), wait);
         assert!(
             records.is_empty(),
             "expected no record in {topic}, found {}: first {:?}",

@@ -375,6 +375,13 @@ impl Tally {
     pub fn refused_with(&self, code: i64) -> usize {
         self.refused.iter().filter(|((_, c), _)| *c == code).map(|(_, n)| n).sum()
     }
+
+    /// Panics unless every refusal is one of `allowed` (HTTP status, ErrorCode) and every request was answered.
+    pub fn assert_refusals_only(&self, case: &str, allowed: &[(u16, i64)]) {
+        let other: Vec<_> = self.refused.iter().filter(|(key, _)| !allowed.contains(key)).collect();
+        assert!(other.is_empty(), "{case}: refusals other than {allowed:?}: {other:?}");
+        assert_eq!(self.transport_errors, 0, "{case}: requests without an answer");
+    }
 }
 
 /// A unique exception callback body: `tag` and `n` make it (and its event id) distinct; `pad` bytes of text
@@ -441,6 +448,7 @@ pub fn send_callbacks(url: &str, tag: &str, count: usize, pad: usize, stop_after
 pub struct Load {
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
     handles: Vec<JoinHandle<Tally>>,
 }
 
@@ -449,11 +457,13 @@ impl Load {
     pub fn start(url: &str, tag: &str, threads: usize, per_second: u32, limit: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         let issued = Arc::new(AtomicUsize::new(0));
         let handles = (0..threads)
             .map(|t| {
                 let (url, tag) = (url.to_string(), format!("{tag}t{t}n"));
                 let (stop, answered, issued) = (stop.clone(), answered.clone(), issued.clone());
+                let refused = refused.clone();
                 std::thread::spawn(move || {
                     let agent = agent(Duration::from_secs(5));
                     let mut tally = Tally::default();
@@ -463,6 +473,8 @@ impl Load {
                     while !stop.load(Ordering::SeqCst) && issued.fetch_add(1, Ordering::SeqCst) < limit {
                         if post_callback(&agent, &url, &callback_body(&tag, n, 200), &mut tally) == 200 {
                             answered.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            refused.fetch_add(1, Ordering::SeqCst);
                         }
                         n += 1;
                         next += interval;
@@ -477,7 +489,7 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, answered, handles }
+        Load { stop, answered, refused, handles }
     }
 
     /// Callbacks acknowledged so far.
@@ -485,10 +497,20 @@ impl Load {
         self.answered.load(Ordering::SeqCst)
     }
 
-    /// Waits until `more` further callbacks were acknowledged (or `timeout`).
+    /// Waits until `more` further callbacks were acknowledged; panics after `timeout`: a service that stops
+    /// taking callbacks during a fault must fail the test, not pass it with nothing acknowledged to lose.
     pub fn wait_acked(&self, more: usize, timeout: Duration) {
-        let target = self.acked_count() + more;
-        super::poll_until(timeout, Duration::from_millis(20), || (self.acked_count() >= target).then_some(()));
+        let start = self.acked_count();
+        let target = start + more;
+        let reached =
+            super::poll_until(timeout, Duration::from_millis(20), || (self.acked_count() >= target).then_some(()));
+        assert!(
+            reached.is_some(),
+            "the forwarder stopped acknowledging callbacks: {} of {more} more within {timeout:?} (refused or \
+             unanswered: {} requests so far)",
+            self.acked_count() - start,
+            self.refused.load(Ordering::SeqCst),
+        );
     }
 
     /// Stops the senders and merges their tallies.

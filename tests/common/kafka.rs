@@ -109,20 +109,71 @@ pub fn consume(bootstrap: &str, topic: &str, expected: usize, timeout: Duration,
         }
         // Transient fetch errors are retried by librdkafka: only records matter here.
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let headers = m
-                .headers()
-                .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
-                .unwrap_or_default();
-            records.push(Record {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers,
-            });
+            records.push(owned(&m));
             if records.len() >= expected && complete_at.is_none() {
                 complete_at = Some(Instant::now());
+            }
+        }
+    }
+    records
+}
+
+fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers = m
+        .headers()
+        .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+        .unwrap_or_default();
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// Appends a marker record (header `event_id` = the returned value) to partition 0 of `topic`.
+pub fn produce_marker(bootstrap: &str, topic: &str) -> String {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let marker = format!("marker-{}-{}", std::process::id(), CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed));
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.timeout.ms", "15000")
+        .create()
+        .expect("marker producer");
+    let headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some(marker.as_bytes()) });
+    producer
+        .send(BaseRecord::<[u8], [u8]>::to(topic).partition(0).payload(b"marker").headers(headers))
+        .map_err(|(e, _)| e)
+        .expect("send marker");
+    producer.flush(Duration::from_secs(15)).expect("marker delivered");
+    marker
+}
+
+/// Reads `topic` (one partition) from the beginning until the record whose `event_id` header is `marker`,
+/// then for `grace` more; returns every other record read. Panics if the marker does not arrive in `timeout`.
+pub fn consume_until_marker(
+    bootstrap: &str,
+    topic: &str,
+    marker: &str,
+    timeout: Duration,
+    grace: Duration,
+) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    let (consumer, partitions) = consumer_from_start(bootstrap, topic, timeout);
+    assert_eq!(partitions, 1, "a marker proves a read complete only on a single partition");
+    let mut records = Vec::new();
+    let mut seen_at: Option<Instant> = None;
+    while seen_at.is_none_or(|at| at.elapsed() < grace) {
+        assert!(Instant::now() < deadline, "marker {marker} not read back from {topic} within {timeout:?}");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let record = owned(&m);
+            if record.header("event_id").as_deref() == Some(marker) {
+                seen_at = Some(Instant::now());
+            } else {
+                records.push(record);
             }
         }
     }
