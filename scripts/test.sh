@@ -31,4 +31,5 @@ if [ -z "${TANSU_BIN:-}" ]; then
 fi
 export TANSU_BIN
 
-cargo test --locked --no-fail-fast --all-targets "$@"
+# `failpoints` compiles the fault-injection seams (src/seam.rs) into the binary under test; tests/seams.rs needs them.
+cargo test --locked --no-fail-fast --all-targets --features failpoints "$@"
