@@ -39,6 +39,53 @@ pub enum StartError {
     /// The embedded cluster of `--dev` could not start.
     #[error("embedded Kafka (--dev) failed to start: {0}")]
     Embedded(#[source] rdkafka::error::KafkaError),
+    /// A bound listener could not be shared with the start-up endpoints.
+    #[error("--admin-listen: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// Checks what can be checked of `config` before any listener is bound (today: every `-X` property).
+pub fn validate(config: &Config) -> Result<(), StartError> {
+    sink::validate_properties(&config.kafka_properties)?;
+    Ok(())
+}
+
+/// Runs the service on bound listeners until `shutdown` resolves. The admin listener answers at once, while
+/// [`App::build`] recovers the spool (`/healthz` 200, `/readyz` 503 "recovering spool"), so that a large spool
+/// is not mistaken for a hung process; callbacks wait in the listen backlog until the spool is recovered.
+pub async fn run(
+    config: Config,
+    callback: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ShutdownReport, StartError> {
+    let admin = admin.into_std().map_err(StartError::Listener)?;
+    let starting = admin.try_clone().and_then(TcpListener::from_std).map_err(StartError::Listener)?;
+    let admin = TcpListener::from_std(admin).map_err(StartError::Listener)?;
+    let (started, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let starting_task = tokio::spawn(http::serve(
+        "admin",
+        starting,
+        |request, _peer| async move { http::starting_answer(request.uri().path()) },
+        ConnectionLimits { max_connections: 64, ..ConnectionLimits::default() },
+        async move {
+            let _ = started_rx.await;
+        },
+        Duration::from_millis(200),
+    ));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut building = tokio::task::spawn_blocking(move || App::build(config));
+    let app = tokio::select! {
+        built = &mut building => built.expect("start-up task panicked"),
+        () = &mut shutdown => {
+            // Recovery only ever replaces a segment by a complete copy: stopping in the middle is safe.
+            info!("shutdown requested while starting");
+            return Ok(ShutdownReport { undelivered: 0, spooled: 0 });
+        }
+    };
+    let _ = started.send(());
+    let _ = starting_task.await;
+    Ok(app?.serve(callback, admin, shutdown).await)
 }
 
 /// What shutdown left behind.

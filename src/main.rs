@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::Parser;
 use im_callback_forwarder::config::{Args, Config, LogFormat};
-use im_callback_forwarder::App;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -30,8 +29,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let config = Config::try_from(Args::parse())?;
     init_logging(config.log_format);
+    im_callback_forwarder::validate(&config)?;
     let (listen, admin_listen) = (config.listen, config.admin_listen);
-    let app = App::build(config)?;
     let callback = TcpListener::bind(listen).await.with_context(|| format!("--listen {listen}"))?;
     let admin = TcpListener::bind(admin_listen).await.with_context(|| format!("--admin-listen {admin_listen}"))?;
     info!(
@@ -40,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    let report = app.serve(callback, admin, shutdown_signal()).await;
+    let report = im_callback_forwarder::run(config, callback, admin, shutdown_signal()).await?;
     info!(undelivered = report.undelivered, spooled = report.spooled, "shutdown complete");
     Ok(())
 }

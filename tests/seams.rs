@@ -450,3 +450,27 @@ fn replayed_records_the_producer_refuses_or_the_spool_cannot_read_stay_in_the_sp
     check_drained(&mut checks, "forwarder", &metrics);
     checks.finish();
 }
+
+#[test]
+fn the_admin_listener_answers_while_the_spool_is_recovered() {
+    let broker = Tansu::with_topics();
+    let (_spool, spool) = spool_dir();
+    let tally = crash_with_torn_tail(&broker, &spool);
+    // The repair of the torn segment takes 3 s more than it would.
+    let owned = disk_flags(&spool);
+    let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let second =
+        Proc::start_with_env("second forwarder", &broker.addr, &flags, &[("FAILPOINTS", "spool.rename=sleep(3000)")]);
+    let health = common::http::get(&format!("http://{}/healthz", second.admin_addr));
+    let ready = second.readyz();
+    second.wait_ready(READY_TIMEOUT);
+    let metrics = second.wait_drained(DRAIN_TIMEOUT);
+    let mut checks = Checks::default();
+    checks.check(health.status == 200, || format!("/healthz while recovering: {health:?}"));
+    checks.check(ready.0 == 503 && ready.1.contains("recovering spool"), || {
+        format!("/readyz while recovering: {ready:?}")
+    });
+    check_drained(&mut checks, "second forwarder", &metrics);
+    checks.finish();
+    assert_all_delivered("recovered after a slow repair", &tally, &broker.addr);
+}

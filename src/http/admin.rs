@@ -82,6 +82,16 @@ impl AdminEdge {
     }
 }
 
+/// The admin endpoints' answer while the service starts (the spool is being recovered).
+pub fn starting_answer(path: &str) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match path {
+        "/healthz" => answer::text(StatusCode::OK, TEXT, "ok; starting: recovering spool\n"),
+        "/readyz" | "/metrics" => answer::text(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready: recovering spool\n"),
+        _ => answer::text(StatusCode::NOT_FOUND, TEXT, "not found; try /metrics, /healthz or /readyz\n"),
+    }
+}
+
 /// `PUT /failpoints/NAME` with an action as body sets a seam, `DELETE` clears it (test builds only).
 async fn configure_seam(name: String, request: Request<Incoming>) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt;

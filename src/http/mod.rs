@@ -29,7 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-pub use admin::AdminEdge;
+pub use admin::{starting_answer, AdminEdge};
 pub use callback::{CallbackEdge, EdgeError, EdgeSettings, Topics};
 pub use source::{SourcePolicy, SourcePolicyError};
 

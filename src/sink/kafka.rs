@@ -352,6 +352,18 @@ pub struct FlushReport {
     pub spooled: u64,
 }
 
+/// Checks every producer property (names and values) as librdkafka would, without creating a client.
+pub fn validate_properties(overrides: &[(String, String)]) -> Result<(), SinkError> {
+    let mut config = ClientConfig::new();
+    for (key, value) in DEFAULT_PRODUCER_PROPERTIES {
+        config.set(*key, *value);
+    }
+    for (key, value) in overrides {
+        config.set(key, value);
+    }
+    config.create_native_config().map(drop).map_err(SinkError::Config)
+}
+
 impl KafkaSink {
     /// Creates the producer (validating every property) and starts the metadata watcher, the producer's
     /// supervisor and, with a spool, the replayer.

@@ -5,5 +5,6 @@ mod kafka;
 
 pub use embedded::{EmbeddedKafka, ReadBackLogger};
 pub use kafka::{
-    Durability, FlushReport, KafkaSink, KafkaStatus, Outgoing, SinkError, SinkSettings, DEFAULT_PRODUCER_PROPERTIES,
+    validate_properties, Durability, FlushReport, KafkaSink, KafkaStatus, Outgoing, SinkError, SinkSettings,
+    DEFAULT_PRODUCER_PROPERTIES,
 };

@@ -236,10 +236,16 @@ pub struct Proc {
 impl Proc {
     /// Starts the forwarder for app [`APP_ID`] on `bootstrap` with `extra` flags; waits for "listening".
     pub fn start(label: &str, bootstrap: &str, extra: &[&str]) -> Proc {
+        Proc::start_with_env(label, bootstrap, extra, &[])
+    }
+
+    /// [`Proc::start`] with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with_env(label: &str, bootstrap: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         let mut cmd = forwarder::command();
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--kafka-brokers", bootstrap, "--sdk-app-id", APP_ID])
-            .args(extra);
+            .args(extra)
+            .envs(envs.iter().copied());
         let forwarder::Listening { child, output, callback_addr, admin_addr } =
             forwarder::spawn_listening(cmd, &format!("{label}, flags {extra:?}"));
         Proc { callback_addr, admin_addr, child, output, exit: None, label: label.to_string() }
