@@ -83,6 +83,7 @@ CATALOGUE = {
     "imcf_spool_max_bytes": ("gauge", []),
     "imcf_spooled_total": ("counter", ["reason"]),
     "imcf_replayed_total": ("counter", []),
+    "imcf_replay_deferred_total": ("counter", ["reason"]),
     "imcf_spool_quarantined_total": ("counter", []),
     "imcf_spool_fsync_duration_seconds": ("histogram", []),
     # Routing of other callback commands (--route / --unrouted).
@@ -133,7 +134,9 @@ CATEGORIES = [
     "rate_limited", "content_moderated", "message_too_large", "sender_muted", "permission_denied",
     "group_unavailable", "invalid_request", "blocked_by_callback", "internal_error", "unknown",
 ]
-SPOOL_REASONS = ["write_ahead", "queue_full", "delivery_failed", "shutdown"]
+SPOOL_REASONS = ["write_ahead", "queue_full", "produce_failed", "delivery_failed", "shutdown"]
+# imcf_replay_deferred_total{reason}: why the replayer left a spooled record for later.
+REPLAY_DEFER_REASONS = ["topic_unavailable", "produce_error", "producer_fatal", "read_error"]
 # imcf_kafka_ready{reason}: a state set, exactly one is 1.
 KAFKA_READY_REASONS = ["ok", "no_metadata_yet", "metadata_failed", "metadata_stale", "topic_missing"]
 BROKER_QUANTILES = ["0.5", "0.99"]
@@ -149,6 +152,7 @@ ENUMERATED_LABELS = {
     "imcf_spooled_total": ("reason", SPOOL_REASONS),
     "imcf_kafka_broker_rtt_seconds": ("quantile", BROKER_QUANTILES),
     "imcf_kafka_ready": ("reason", KAFKA_READY_REASONS),
+    "imcf_replay_deferred_total": ("reason", REPLAY_DEFER_REASONS),
 }
 
 failures = []
@@ -535,9 +539,17 @@ def scrape_dev_binary(binary, timeout=20.0):
         import threading
         threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()  # keep the pipe drained
         broker_metrics = [n for n, (_t, labels) in CATALOGUE.items() if "broker" in labels]
+        import urllib.error
         while True:
-            with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
-                text = r.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except urllib.error.HTTPError as e:  # the admin listener answers before the app is built
+                if time.monotonic() > deadline:
+                    raise
+                log.append(f"/metrics answered {e.code}; asking again\n")
+                time.sleep(0.2)
+                continue
             have = parse_exposition(text)
             if any(n in have for n in broker_metrics) or time.monotonic() > deadline:
                 break  # statistics arrived (they come as one batch), or report what there is
