@@ -90,11 +90,18 @@ for line in open(sys.argv[1]):
 ' "$WORK/forwarder.log")
 [ -n "${ADMIN:-}" ] || die "no listening line with callback_addr/admin_addr"
 log "forwarder callback=$CB admin=$ADMIN"
+# Ready (200, "ready; kafka: ...") no longer waits for Kafka: also wait for imcf_kafka_up 1, so the
+# exact counts below do not race the embedded cluster's first metadata.
+kafka_up() { curl -s "http://$ADMIN/metrics" | grep -qx 'imcf_kafka_up 1'; }
 for _ in $(seq 1 100); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ADMIN/readyz")" = 200 ] && break
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ADMIN/readyz")" = 200 ] && kafka_up && break
   sleep 0.2
 done
-[ "$(curl -s "http://$ADMIN/readyz")" = ready ] || die "forwarder never became ready"
+case "$(curl -s "http://$ADMIN/readyz")" in
+  ready*) ;;
+  *) die "forwarder never became ready" ;;
+esac
+kafka_up || die "forwarder never saw Kafka (imcf_kafka_up 1)"
 
 # ---------------------------------------------------------------- prometheus
 PROM_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
