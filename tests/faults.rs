@@ -661,3 +661,69 @@ fn memory_mode_reserves_spool_room_for_what_kafka_holds() {
     checks.finish();
     assert_all_delivered("memory mode, spool room reserved", &tally, &consumed);
 }
+
+#[test]
+fn memory_mode_with_a_spool_spools_what_a_full_queue_cannot_take() {
+    let mut broker = Tansu::reserve();
+    let (_spool, spool_path) = spool_dir();
+    let fwd = Proc::start(
+        "forwarder",
+        &broker.addr,
+        &flags(&["--spool-dir", &spool_path, "-X", "queue.buffering.max.messages=5"]),
+    );
+    fwd.wait_ready(READY_TIMEOUT);
+    let tally = send_callbacks(&fwd.callback_url(), "overflow", 30, 100, 1);
+    let during = fwd.scrape();
+    broker.start_with_topics();
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&broker.addr, &tally.acked, CONSUME_TIMEOUT);
+    let mut checks = Checks::default();
+    checks.eq("acknowledged", tally.acked.len(), 30);
+    checks.eq(
+        "imcf_spooled_total{reason=\"queue_full\"}",
+        labelled(&during, "imcf_spooled_total", "reason", "queue_full"),
+        25.0,
+    );
+    checks.eq("imcf_ready with the queue full and room in the spool", during.get("imcf_ready"), Some(1.0));
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+    assert_all_delivered("memory mode, queue full, spool", &tally, &consumed);
+}
+
+#[test]
+fn a_record_over_message_max_bytes_is_refused_without_a_spool_and_kept_with_one() {
+    let broker = Tansu::with_topics();
+    let big = common::faults::callback_body("too-big", 1, 3000);
+    // Without a spool: refused at once, nothing acknowledged.
+    let plain = Proc::start("forwarder without a spool", &broker.addr, &flags(&["-X", "message.max.bytes=2000"]));
+    plain.wait_ready(READY_TIMEOUT);
+    let mut refused = Tally::default();
+    common::faults::post_callback(&common::faults::test_agent(), &plain.callback_url(), &big, &mut refused);
+    // Disk mode: on disk before the producer sees it, so kept, acknowledged, and retried (never deleted).
+    let (spool, spool_path) = spool_dir();
+    let disk = Proc::start(
+        "disk forwarder",
+        &broker.addr,
+        &flags(&["--durability", "disk", "--spool-dir", &spool_path, "-X", "message.max.bytes=2000"]),
+    );
+    disk.wait_ready(READY_TIMEOUT);
+    let mut kept = Tally::default();
+    common::faults::post_callback(&common::faults::test_agent(), &disk.callback_url(), &big, &mut kept);
+    let deferred = common::metrics::scrape_until(
+        &disk.admin_addr,
+        "imcf_replay_deferred_total{reason=\"produce_error\"}",
+        Duration::from_secs(15),
+        |v| v >= 2.0,
+    );
+    let mut checks = Checks::default();
+    checks.eq("without a spool: 503/50300", refused.refused.get(&(503, 50300)).copied(), Some(1));
+    checks.eq("disk mode: acknowledged", kept.acked.len(), 1);
+    checks.check(labelled(&deferred, "imcf_replay_deferred_total", "reason", "produce_error") >= 2.0, || {
+        format!("{:?}", deferred.series("imcf_replay_deferred_total"))
+    });
+    checks.eq("disk mode: still in the spool", deferred.get("imcf_spool_events"), Some(1.0));
+    checks.eq("disk mode: imcf_events_lost_total", deferred.get("imcf_events_lost_total"), Some(0.0));
+    let frames: usize = spool_segments(spool.path()).iter().map(|s| read_spool_frames(s).len()).sum();
+    checks.eq("disk mode: frames on disk", frames, 1);
+    checks.finish();
+}

@@ -474,3 +474,23 @@ fn the_admin_listener_answers_while_the_spool_is_recovered() {
     checks.finish();
     assert_all_delivered("recovered after a slow repair", &tally, &broker.addr);
 }
+
+#[test]
+fn a_refused_callback_posted_again_is_published_not_answered_replayed() {
+    let broker = Tansu::with_topics();
+    let (_spool, spool) = spool_dir();
+    let fwd = start("forwarder", &broker.addr, &disk_flags(&spool));
+    fwd.wait_ready(READY_TIMEOUT);
+    seam(&fwd, "spool.fsync", Some("1*return"));
+    let body = common::faults::callback_body("forget", 1, 100);
+    let refused = post(&fwd, &body, Duration::from_secs(10));
+    let again = post(&fwd, &body, Duration::from_secs(10));
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let mut checks = Checks::default();
+    checks.eq("first post refused", refused.refused.get(&(503, 50300)).copied(), Some(1));
+    checks.eq("second post acknowledged", again.acked.len(), 1);
+    checks.eq("answered as a new callback", labelled(&metrics, "imcf_callbacks_total", "outcome", "accepted"), 1.0);
+    checks.eq("not as a replay", labelled(&metrics, "imcf_callbacks_total", "outcome", "replayed"), 0.0);
+    checks.finish();
+    assert_all_delivered("refused, then posted again", &again, &broker.addr);
+}

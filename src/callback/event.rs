@@ -232,6 +232,18 @@ mod tests {
     use serde_json::json;
 
     const QUERY: &str = "SdkAppid=1400000000&CallbackCommand=Group.CallbackSendMsgException&contenttype=json&ClientIP=10.0.0.1&OptPlatform=iOS";
+
+    /// Known answers, computed outside this code (`printf '1400000000\n%s' BODY | sha256sum`), so that a
+    /// misreading of the formula shared by the code and the tests' own oracle cannot pass.
+    #[test]
+    fn event_id_known_answers() {
+        assert_eq!(event_id(1_400_000_000, b"{}"), "0b5e657c566736771a76608a556dda634f0221fa215492d04850056ef0290978");
+        let sample = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/doc_sample.json")).unwrap();
+        assert_eq!(
+            event_id(1_400_000_000, &sample),
+            "beea4c5965058e1f608900b4804d37cb26f3c9f64a2c77c0b63e1cd9a11105ed"
+        );
+    }
     const BARE_QUERY: &str = "SdkAppid=1400000000";
 
     use super::super::test_support::{query, received};

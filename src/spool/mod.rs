@@ -470,10 +470,10 @@ impl Writer {
             }
         }
         // A clean stop leaves no delivered records behind to be replayed as duplicates.
-        if self.segments.get(&self.active_segment).is_some_and(|state| state.outstanding == 0) {
-            if fs::remove_file(segment_path(&self.dir, self.active_segment)).is_ok() {
-                self.deleted = true;
-            }
+        if self.segments.get(&self.active_segment).is_some_and(|state| state.outstanding == 0)
+            && fs::remove_file(segment_path(&self.dir, self.active_segment)).is_ok()
+        {
+            self.deleted = true;
         }
         self.sync_dir_after_delete();
         self.segments.values().map(|state| state.outstanding).sum()

@@ -412,6 +412,11 @@ fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into()
 }
 
+/// A client for single posts (10 s timeout).
+pub fn test_agent() -> ureq::Agent {
+    agent(Duration::from_secs(10))
+}
+
 /// POSTs one callback; records the answer in `tally`. Returns the HTTP status (0: no answer).
 pub fn post_callback(agent: &ureq::Agent, url: &str, body: &str, tally: &mut Tally) -> u16 {
     tally.sent += 1;
