@@ -100,11 +100,11 @@ fn id_counts(records: &[Record]) -> BTreeMap<String, usize> {
     counts
 }
 
-/// Checks the process still serves: /healthz answers 200 "ok" and a fresh valid callback (group
+/// Checks the process still serves: /healthz answers 200 "ok; kafka: ..." and a fresh valid callback (group
 /// `@TGS#probe-{n}`) is accepted. Returns the probe's event id.
 fn check_healthy(checks: &mut Checks, fwd: &Forwarder, after: &str, n: usize) -> String {
     let health = http::try_get(&fwd.admin_url("/healthz"));
-    checks.check(health.as_ref().is_ok_and(|r| r.status == 200 && r.text().trim() == "ok"), || {
+    checks.check(health.as_ref().is_ok_and(|r| r.status == 200 && r.text().starts_with("ok; kafka: ")), || {
         format!("after {after}: /healthz answered {health:?}")
     });
     let body = exception_body(&format!("@TGS#probe-{n}"), "");

@@ -1010,92 +1010,129 @@ fn metrics_count_a_known_sequence() {
 }
 
 #[test]
-fn readiness_needs_kafka_metadata_and_the_topics() {
+fn readiness_and_health_name_kafkas_state() {
     let (_broker, fwd) = setup(&[]);
     let health = http::get(&fwd.admin_url("/healthz"));
-    assert_eq!((health.status, health.text().trim_end()), (200, "ok"), "/healthz");
+    assert_eq!(health.status, 200, "/healthz: {health:?}");
+    assert!(health.text().starts_with("ok; kafka: "), "/healthz names Kafka's state: {:?}", health.text());
     let ready = fwd.wait_ready(Duration::from_secs(20));
-    assert_eq!(ready.text().trim_end(), "ready", "/readyz body");
-    let m = metrics::scrape(&fwd.admin_addr);
-    assert_eq!(m.get("imcf_ready"), Some(1.0), "imcf_ready");
+    assert!(ready.text().starts_with("ready; kafka: "), "/readyz body: {:?}", ready.text());
+    let m = metrics::scrape_until(&fwd.admin_addr, "imcf_kafka_ready{reason=\"ok\"}", Duration::from_secs(20), |v| {
+        v == 1.0
+    });
+    let mut checks = Checks::default();
+    checks.eq("imcf_ready", m.get("imcf_ready"), Some(1.0));
+    checks.eq("imcf_kafka_up", m.get("imcf_kafka_up"), Some(1.0));
+    checks.eq("imcf_kafka_topics_missing", m.get("imcf_kafka_topics_missing"), Some(0.0));
+    let ready = http::get(&fwd.admin_url("/readyz"));
+    checks.eq(
+        "/readyz once Kafka is seen",
+        ready.text().trim_end(),
+        "ready; kafka: Kafka reachable, every topic exists",
+    );
     // Admin endpoints are not served on the callback listener.
     let on_callback = http::get(&fwd.url("/healthz"));
-    assert_ne!(on_callback.status, 200, "/healthz on the callback listener");
+    checks.check(on_callback.status != 200, || format!("/healthz on the callback listener: {on_callback:?}"));
+    checks.finish();
 }
 
 #[test]
-fn readiness_is_503_without_a_broker() {
-    let nobody = common::free_port().to_string();
-    let fwd = Forwarder::start(&["--kafka-brokers", &format!("127.0.0.1:{nobody}"), "--sdk-app-id", APP_ID]);
-    let health = http::get(&fwd.admin_url("/healthz"));
-    assert_eq!((health.status, health.text().trim_end()), (200, "ok"), "/healthz");
-    // Through at least one metadata poll cycle (every 5 s): never ready.
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < deadline {
-        let r = http::get(&fwd.admin_url("/readyz"));
-        assert_eq!(r.status, 503, "/readyz without a broker: {:?}", r.text());
-        assert!(!r.text().is_empty(), "/readyz 503 gives a reason text");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let m = metrics::scrape(&fwd.admin_addr);
-    assert_eq!(m.get("imcf_ready"), Some(0.0), "imcf_ready");
-    let health = http::get(&fwd.admin_url("/healthz"));
-    assert_eq!(health.status, 200, "/healthz stays 200 without a broker");
+fn without_a_broker_the_instance_stays_ready_and_shows_kafka_down() {
+    // Port 9 (discard): nothing listens there on a test machine, and no test's broker can take it.
+    let fwd = Forwarder::start(&["--kafka-brokers", "127.0.0.1:9", "--sdk-app-id", APP_ID]);
+    let ready = fwd.wait_ready(Duration::from_secs(20));
+    let down = metrics::scrape_until(
+        &fwd.admin_addr,
+        "imcf_kafka_ready{reason=\"metadata_failed\"}",
+        Duration::from_secs(15),
+        |v| v == 1.0,
+    );
+    let reply = fwd.post(&query(APP_ID, EXCEPTION, None), DOC_SAMPLE.as_bytes());
+    let later = http::get(&fwd.admin_url("/readyz"));
+    let mut checks = Checks::default();
+    checks.check(ready.text().starts_with("ready; kafka: "), || format!("/readyz: {:?}", ready.text()));
+    checks.check(later.status == 200 && later.text().contains("metadata request failed"), || {
+        format!("/readyz once a metadata request failed: {later:?}")
+    });
+    checks.eq("imcf_kafka_up", down.get("imcf_kafka_up"), Some(0.0));
+    checks.eq("imcf_kafka_ready{reason=\"ok\"}", down.get("imcf_kafka_ready{reason=\"ok\"}"), Some(0.0));
+    checks.eq("imcf_ready", down.get("imcf_ready"), Some(1.0));
+    checks.eq("a callback is taken into the producer queue", reply.status, 200);
+    checks.finish();
 }
 
 #[test]
-fn readiness_is_503_while_the_dead_letter_topic_is_missing() {
+fn a_dead_letter_topic_missing_at_start_is_created_by_asking_for_it() {
+    // tansu, like Apache Kafka's default, creates a topic when a client asks for it by name.
     let broker = Broker::with_topics(&[TOPIC]);
     let fwd = Forwarder::for_broker(&broker, &[]);
-    let deadline = Instant::now() + Duration::from_secs(7);
-    while Instant::now() < deadline {
-        let r = http::get(&fwd.admin_url("/readyz"));
-        assert_eq!(r.status, 503, "/readyz without {DEAD_LETTER_TOPIC}: {:?}", r.text());
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    fwd.wait_ready(Duration::from_secs(20));
+    let m = metrics::scrape_until(&fwd.admin_addr, "imcf_kafka_ready{reason=\"ok\"}", Duration::from_secs(20), |v| {
+        v == 1.0
+    });
+    assert_eq!(m.get("imcf_kafka_topics_missing"), Some(0.0), "imcf_kafka_topics_missing");
+    // The topic exists now: a consumer finds its metadata.
+    let (_consumer, partitions) =
+        common::kafka::consumer_from_start(&broker.addr, DEAD_LETTER_TOPIC, Duration::from_secs(10));
+    assert!(partitions >= 1, "{DEAD_LETTER_TOPIC} has partitions");
 }
 
 #[test]
-fn sigterm_delivers_every_event_in_flight() {
+fn sigterm_during_load_delivers_every_acknowledged_event_and_refuses_the_rest() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
     const THREADS: usize = 4;
-    const PER_THREAD: usize = 500;
     let (broker, mut fwd) = setup(&[]);
     fwd.wait_ready(Duration::from_secs(20));
     let url = fwd.url(&format!("/?{}", query(APP_ID, EXCEPTION, None)));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let signalled = Arc::new(AtomicBool::new(false));
 
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
-            let url = url.clone();
+            let (url, acked, signalled) = (url.clone(), acked.clone(), signalled.clone());
             std::thread::spawn(move || {
                 // One agent per thread: one keep-alive connection each.
                 let agent = http::agent();
-                let mut ids = Vec::with_capacity(PER_THREAD);
-                for i in 0..PER_THREAD {
+                let mut ids = Vec::new();
+                let mut other = Vec::new();
+                for i in 0..5_000 {
                     let body = format!(
                         r#"{{"CallbackCommand":"Group.CallbackSendMsgException","GroupId":"@TGS#load{t}","Type":"Public","Random":{i},"ErrorCode":10023,"EventTime":{}}}"#,
                         1_670_574_414_123u64 + i as u64
                     );
-                    let reply = http::post_with(&agent, &url, body.as_bytes(), Some("application/json"));
-                    assert_eq!(
-                        (reply.status, reply.body.as_slice()),
-                        (200, tencent::OK_BODY),
-                        "thread {t} request {i}: {}",
-                        reply.text()
-                    );
-                    ids.push(event_id(APP_ID, body.as_bytes()));
+                    let sent_after_signal = signalled.load(Ordering::SeqCst);
+                    match http::try_post_with(&agent, &url, body.as_bytes()) {
+                        Ok(reply) if reply.status == 200 && reply.body.as_slice() == tencent::OK_BODY => {
+                            ids.push(event_id(APP_ID, body.as_bytes()));
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Refused once shutdown began: 503 with the Tencent-format body.
+                        Ok(reply) if reply.status == 503 && reply.json().is_some_and(|v| v["ErrorCode"] == 50300) => {}
+                        // The listener closed.
+                        Err(_) if sent_after_signal || signalled.load(Ordering::SeqCst) => break,
+                        answer => other.push(format!("request {i}: {answer:?}")),
+                    }
                 }
-                ids
+                (ids, other)
             })
         })
         .collect();
-    let mut sent = BTreeSet::new();
-    for h in handles {
-        sent.extend(h.join().expect("sender thread"));
-    }
+    let reached = common::poll_until(Duration::from_secs(30), Duration::from_millis(10), || {
+        (acked.load(Ordering::SeqCst) >= 400).then_some(())
+    });
+    assert!(reached.is_some(), "only {} callbacks acknowledged before SIGTERM", acked.load(Ordering::SeqCst));
+    signalled.store(true, Ordering::SeqCst);
     fwd.sigterm();
-    assert_eq!(sent.len(), THREADS * PER_THREAD, "distinct event ids sent");
-
     let status = fwd.wait_exit(Duration::from_secs(40));
+    let mut sent = BTreeSet::new();
+    let mut unexpected = Vec::new();
+    for h in handles {
+        let (ids, other) = h.join().expect("sender thread");
+        sent.extend(ids);
+        unexpected.extend(other);
+    }
+    assert!(unexpected.is_empty(), "answers other than OK, 503/50300 or a closed listener: {unexpected:?}");
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     let done = fwd
         .wait_log("shutdown complete", Duration::from_secs(1))
@@ -1105,12 +1142,12 @@ fn sigterm_delivers_every_event_in_flight() {
         Some(0),
         "undelivered in {done}"
     );
+    assert!(sent.len() < THREADS * 5_000, "the load was still running at SIGTERM");
 
     let records = broker.consume(TOPIC, sent.len(), Duration::from_secs(60));
     let got: BTreeSet<String> = records.iter().filter_map(|r| r.header("event_id")).collect();
     let missing = sent.difference(&got).count();
-    assert_eq!(missing, 0, "{missing} accepted events missing from {TOPIC} ({} records read)", records.len());
-    assert_eq!(records.len(), sent.len(), "records in {TOPIC} (duplicates?)");
+    assert_eq!(missing, 0, "{missing} acknowledged events missing from {TOPIC} ({} records read)", records.len());
 }
 
 #[test]

@@ -46,6 +46,12 @@ pub fn post_with(agent: &ureq::Agent, url: &str, body: &[u8], content_type: Opti
     to_reply(&mut resp, url)
 }
 
+/// POST `body` as application/json; `Err` when there is no answer (connection refused or closed).
+pub fn try_post_with(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<Reply, ureq::Error> {
+    let mut resp = agent.post(url).header("Content-Type", "application/json").send(body)?;
+    Ok(to_reply(&mut resp, url))
+}
+
 /// POST `body` as application/json on a fresh agent.
 pub fn post(url: &str, body: &[u8]) -> Reply {
     post_with(&agent(), url, body, Some("application/json"))
