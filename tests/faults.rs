@@ -727,3 +727,78 @@ fn a_record_over_message_max_bytes_is_refused_without_a_spool_and_kept_with_one(
     checks.eq("disk mode: frames on disk", frames, 1);
     checks.finish();
 }
+
+#[test]
+fn dead_letters_in_disk_mode_and_a_dead_letter_kafka_cannot_take() {
+    let broker = Tansu::with_topics();
+    let (_spool, spool_path) = spool_dir();
+    let disk =
+        Proc::start("disk forwarder", &broker.addr, &flags(&["--durability", "disk", "--spool-dir", &spool_path]));
+    disk.wait_ready(READY_TIMEOUT);
+    let bad = r#"{"CallbackCommand":"Group.CallbackSendMsgException","GroupId":1}"#;
+    let mut dead = Tally::default();
+    common::faults::post_callback(&common::faults::test_agent(), &disk.callback_url(), bad, &mut dead);
+    let bad_id = common::tencent::event_id(common::tencent::APP_ID, bad.as_bytes());
+    let dead_letters = consume_until(
+        &broker.addr,
+        common::faults::DEAD_LETTER_TOPIC,
+        CONSUME_TIMEOUT,
+        Duration::from_millis(200),
+        |c| c.counts.contains_key(&bad_id),
+    );
+
+    // Without a spool, and the producer queue full with Kafka down: the dead letter cannot be kept.
+    let nowhere = Proc::start("forwarder", "127.0.0.1:9", &flags(&["-X", "queue.buffering.max.messages=1"]));
+    nowhere.wait_ready(READY_TIMEOUT);
+    let mut filled = Tally::default();
+    let agent = common::faults::test_agent();
+    common::faults::post_callback(
+        &agent,
+        &nowhere.callback_url(),
+        &common::faults::callback_body("fill", 1, 10),
+        &mut filled,
+    );
+    let mut lost = Tally::default();
+    common::faults::post_callback(&agent, &nowhere.callback_url(), bad, &mut lost);
+    let metrics = nowhere.scrape();
+    let logged = nowhere.wait_log("dead letter could not be handed to Kafka; raw body lost", Duration::from_secs(5));
+
+    let mut checks = Checks::default();
+    checks.eq("disk mode: the unusable body is refused with 400", dead.refused.keys().next().map(|k| k.0), Some(400));
+    checks.eq("disk mode: its dead letter", dead_letters.counts.get(&bad_id).copied(), Some(1));
+    checks.eq("queue filled by one callback", filled.acked.len(), 1);
+    checks.eq("the unusable body is still refused with 400", lost.refused.keys().next().map(|k| k.0), Some(400));
+    checks.eq("imcf_events_lost_total", metrics.get("imcf_events_lost_total"), Some(1.0));
+    checks.eq("imcf_dead_letters_total", metrics.get("imcf_dead_letters_total"), Some(0.0));
+    checks.check(logged.is_some(), || "no log line for the lost dead letter".into());
+    checks.finish();
+}
+
+#[test]
+fn when_the_broker_dies_mid_run_the_instance_stays_ready_and_shows_kafka_down() {
+    let mut broker = Tansu::with_topics();
+    let (_spool, spool_path) = spool_dir();
+    let fwd =
+        Proc::start("forwarder", &broker.addr, &restart_flags(&["--durability", "disk", "--spool-dir", &spool_path]));
+    fwd.wait_ready(READY_TIMEOUT);
+    wait_metric(&fwd, "imcf_kafka_up", READY_TIMEOUT, |v| v == 1.0);
+    let load = Load::start(&fwd.callback_url(), "dies", 2, 100, 20_000);
+    load.wait_acked(100, Duration::from_secs(15));
+    let before = checkpoint_and_kill(&fwd, &mut broker);
+    let down = wait_metric(&fwd, "imcf_kafka_up", Duration::from_secs(30), |v| v == 0.0);
+    let ready = fwd.readyz();
+    load.wait_acked(100, Duration::from_secs(15));
+    broker.start_with_topics();
+    wait_metric(&fwd, "imcf_kafka_up", READY_TIMEOUT, |v| v == 1.0);
+    load.wait_acked(100, Duration::from_secs(15));
+    let tally = load.stop();
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let (consumed, _) = consume_after_checkpoint(&broker.addr, &tally, &before);
+    assert_all_delivered("broker died mid-run", &tally, &consumed);
+    tally.assert_refusals_only("broker died mid-run", &[]);
+    let mut checks = Checks::default();
+    checks.check(ready.0 == 200 && ready.1.contains("kafka: "), || format!("/readyz with the broker dead: {ready:?}"));
+    checks.eq("imcf_ready with the broker dead", down.get("imcf_ready"), Some(1.0));
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+}
