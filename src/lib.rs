@@ -75,17 +75,22 @@ pub async fn run(
     ));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut building = tokio::task::spawn_blocking(move || App::build(config));
-    let app = tokio::select! {
-        built = &mut building => built.expect("start-up task panicked"),
+    let (app, stopping) = tokio::select! {
+        built = &mut building => (built.expect("start-up task panicked"), false),
         () = &mut shutdown => {
-            // Recovery only ever replaces a segment by a complete copy: stopping in the middle is safe.
-            info!("shutdown requested while starting");
-            return Ok(ShutdownReport { undelivered: 0, spooled: 0 });
+            // The spool is recovered first, so that the shutdown report counts what it holds.
+            info!("shutdown requested while starting: stopping once the spool is recovered");
+            (building.await.expect("start-up task panicked"), true)
         }
     };
     let _ = started.send(());
     let _ = starting_task.await;
-    Ok(app?.serve(callback, admin, shutdown).await)
+    let app = app?;
+    Ok(if stopping {
+        app.serve(callback, admin, std::future::ready(())).await
+    } else {
+        app.serve(callback, admin, shutdown).await
+    })
 }
 
 /// What shutdown left behind.

@@ -151,7 +151,8 @@ impl ClientContext for SinkContext {
             self.0.fatal.store(true, Ordering::SeqCst);
             error!(error = %error, reason, "Kafka producer: fatal error; the producer will be rebuilt");
         } else {
-            warn!(error = %error, reason, "Kafka client error");
+            // librdkafka's own log line says the same at its level.
+            debug!(error = %error, reason, "Kafka client error");
         }
     }
 }

@@ -313,7 +313,7 @@ impl Proc {
     pub fn wait_drained(&self, timeout: Duration) -> Metrics {
         let mut last = Metrics::default();
         super::poll_until(timeout, Duration::from_millis(200), || {
-            last = self.scrape();
+            last = metrics::try_scrape(&self.admin_addr)?;
             let queue = last.get("imcf_kafka_queue_events").unwrap_or(f64::NAN);
             let spool = last.get("imcf_spool_events").unwrap_or(0.0);
             (queue == 0.0 && spool == 0.0).then_some(())

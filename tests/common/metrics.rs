@@ -62,11 +62,17 @@ pub fn scrape(admin_addr: &str) -> Metrics {
     Metrics::parse(&String::from_utf8_lossy(&reply.body))
 }
 
+/// GET /metrics, parsed; `None` while the instance is starting (503 until its spool is recovered).
+pub fn try_scrape(admin_addr: &str) -> Option<Metrics> {
+    let reply = super::http::try_get(&format!("http://{admin_addr}/metrics")).ok()?;
+    (reply.status == 200).then(|| Metrics::parse(&String::from_utf8_lossy(&reply.body)))
+}
+
 /// Scrapes until `key` satisfies `pred` (or `timeout`); returns the last scrape either way.
 pub fn scrape_until(admin_addr: &str, key: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> Metrics {
     let mut last = Metrics::default();
     let ok = super::poll_until(timeout, Duration::from_millis(100), || {
-        last = scrape(admin_addr);
+        last = try_scrape(admin_addr)?;
         last.get(key).filter(|v| pred(*v)).map(|_| ())
     });
     if ok.is_none() {
