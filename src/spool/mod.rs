@@ -616,8 +616,11 @@ impl Writer {
     fn seal(&mut self) {
         if let Some(file) = self.active.take() {
             if let Some(state) = self.segments.get_mut(&self.active_segment) {
-                // What is really in the file, partial frames included, so that no later offset is wrong.
-                state.len = file.metadata().map_or(state.len, |m| m.len().max(state.len));
+                // What is really in the file, partial frames included, so that no later offset is wrong; the
+                // extra bytes count as used until the segment is deleted (which gives back its whole length).
+                let real = file.metadata().map_or(state.len, |m| m.len().max(state.len));
+                self.shared.used_bytes.fetch_add(real - state.len, Ordering::AcqRel);
+                state.len = real;
             }
         }
     }
@@ -988,10 +991,18 @@ mod tests {
             let c = spool.append(frame_for(2)).unwrap().await.unwrap();
             assert_ne!(c.segment, a.segment, "a new segment after the damage");
             assert_eq!(keys(dir.path(), &[a, c]), vec!["k0", "k2"]);
+            // Deleting the sealed segment gives back exactly what it took, partial frame included.
+            spool.ack(a);
+            let frame_len = frame_for(0).len() as u64;
+            let settled = (0..100).find(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                spool.used_bytes() == frame_len
+            });
+            assert!(settled.is_some(), "used bytes {} after deleting the sealed segment", spool.used_bytes());
             spool.close();
             drop(spool);
             let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
-            assert_eq!(keys(dir.path(), &drain(&spool)), vec!["k0", "k2"]);
+            assert_eq!(keys(dir.path(), &drain(&spool)), vec!["k2"]);
             scenario.teardown();
         }
 
