@@ -6,7 +6,7 @@ use im_callback_forwarder::config::{Args, Config, LogFormat};
 use im_callback_forwarder::App;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -30,6 +30,13 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let config = Config::try_from(Args::parse())?;
     init_logging(config.log_format);
+    for sdk_app_id in config.unsigned_apps() {
+        warn!(
+            sdk_app_id,
+            "app accepts unsigned callbacks: no callback token, so anyone who can reach the listener{} and knows the SdkAppid can post them",
+            if config.source.is_open() { "" } else { " from --allow-cidr" }
+        );
+    }
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     let app = App::build(config)?;
     let callback = TcpListener::bind(listen).await.with_context(|| format!("--listen {listen}"))?;

@@ -238,7 +238,7 @@ impl Proc {
     pub fn start(label: &str, bootstrap: &str, extra: &[&str]) -> Proc {
         let mut cmd = forwarder::command();
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--kafka-brokers", bootstrap, "--sdk-app-id", APP_ID])
+            .args(["--kafka-brokers", bootstrap, "--sdk-app-id", APP_ID, "--allow-unsigned"])
             .args(extra);
         let forwarder::Listening { child, output, callback_addr, admin_addr } =
             forwarder::spawn_listening(cmd, &format!("{label}, flags {extra:?}"));
