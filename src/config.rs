@@ -550,6 +550,7 @@ impl TryFrom<Args> for Config {
             return Err(ConfigError::Unsigned(unsigned.join(", ")));
         }
         let peer_allowlist = source.checks_peers_at_accept().then(|| source.clone());
+        let proxies = source.has_trusted_proxies().then(|| source.clone());
         let kafka = match (args.dev, args.kafka_brokers) {
             (false, Some(brokers)) => KafkaTarget::Brokers(brokers),
             _ => KafkaTarget::Embedded,
@@ -570,6 +571,7 @@ impl TryFrom<Args> for Config {
                 max_connections_per_ip: args.max_connections_per_ip as usize,
                 http2: args.http2,
                 peer_allowlist,
+                proxies,
             },
             body_read_timeout: Duration::from_secs(args.body_read_timeout),
             kafka,

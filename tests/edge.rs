@@ -1450,6 +1450,14 @@ fn connections_per_ip_are_capped_and_disallowed_peers_are_dropped_at_accept() {
     checks.eq("/healthz", http::try_get(&fwd.admin_url("/healthz")).map(|r| r.status).ok(), Some(200));
     drop(held);
 
+    // A trusted proxy carries every client's connections: it is exempt.
+    let proxied = dev(&["--callback-token", TOKEN, "--max-connections-per-ip", "2", "--trusted-proxy", "127.0.0.1/32"]);
+    let mut held: Vec<_> = (0..3).map(|_| conn::connect(&proxied.callback_addr, Duration::from_secs(5))).collect();
+    let reply =
+        conn::keep_alive_post(&mut held[2], &proxied.callback_addr, &path_for(APP_ID, EXCEPTION, Some(TOKEN)), &body);
+    checks.eq("a trusted proxy's third connection", reply.map(|r| r.status).ok(), Some(200));
+    drop(held);
+
     // --allow-cidr without --trusted-proxy: a peer outside the allowlist is dropped without an answer.
     let fenced = dev(&["--callback-token", TOKEN, "--allow-cidr", "10.0.0.0/8"]);
     let mut stream = conn::connect(&fenced.callback_addr, Duration::from_secs(5));

@@ -223,6 +223,8 @@ impl CallbackEdge {
     /// Answers one request and counts its outcome.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let arrived = Instant::now();
+        // HTTP/2 has no Connection header (hyper would strip it); its connections end by their own limits.
+        let http1 = request.version() <= http::Version::HTTP_11;
         let (outcome, response) = match self.process(request, peer).await {
             Ok(Accepted::Ok(outcome)) => (outcome, answer::ok()),
             Ok(Accepted::Refused(refusal)) => {
@@ -231,7 +233,7 @@ impl CallbackEdge {
             Err(err) => {
                 debug!(outcome = err.outcome_label(), reason = %err, "callback refused");
                 let mut response = answer::fail(err.status(), err.error_code(), &err.to_string());
-                if err.closes_connection() {
+                if http1 && err.closes_connection() {
                     response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 (err.outcome_label(), response)

@@ -50,6 +50,9 @@ pub struct ConnectionLimits {
     /// When set, a peer this policy does not allow is closed as soon as it is accepted, without an answer (only
     /// meaningful when no trusted proxy speaks for other clients).
     pub peer_allowlist: Option<SourcePolicy>,
+    /// When set, peers that are this policy's trusted proxies are exempt from `max_connections_per_ip`: an
+    /// ingress carries every client's connections.
+    pub proxies: Option<SourcePolicy>,
 }
 
 /// hyper's read buffer limit (`max_buf_size`): a request head that does not fit gets 431. hyper checks it between
@@ -69,6 +72,7 @@ impl Default for ConnectionLimits {
             max_connections_per_ip: 256,
             http2: false,
             peer_allowlist: None,
+            proxies: None,
         }
     }
 }
@@ -128,7 +132,8 @@ pub async fn serve<H, Fut>(
             debug!(listener = name, %peer, "peer outside --allow-cidr: closed at accept");
             continue;
         }
-        let Some(slot) = per_ip.clone().enter(peer.ip()) else {
+        let exempt = limits.proxies.as_ref().is_some_and(|policy| policy.is_trusted_proxy(peer.ip()));
+        let Some(slot) = per_ip.clone().enter(peer.ip(), exempt) else {
             debug!(listener = name, %peer, "too many connections from this address: closed at accept");
             continue;
         };
@@ -161,9 +166,12 @@ struct PerIp {
 }
 
 impl PerIp {
-    /// A slot for one more connection from `ip`, or `None` when it has `limit` open already.
-    fn enter(self: Arc<Self>, ip: IpAddr) -> Option<PerIpSlot> {
+    /// A slot for one more connection from `ip`, or `None` when it has `limit` open already (unless `exempt`).
+    fn enter(self: Arc<Self>, ip: IpAddr, exempt: bool) -> Option<PerIpSlot> {
         let ip = source::canonical(ip);
+        if exempt {
+            return Some(PerIpSlot { per_ip: None, ip });
+        }
         {
             let mut open = self.open.lock().expect("per-ip lock");
             let count = open.entry(ip).or_insert(0);
@@ -172,19 +180,20 @@ impl PerIp {
             }
             *count += 1;
         }
-        Some(PerIpSlot { per_ip: self, ip })
+        Some(PerIpSlot { per_ip: Some(self), ip })
     }
 }
 
 /// One open connection of an address; given back when dropped.
 struct PerIpSlot {
-    per_ip: Arc<PerIp>,
+    per_ip: Option<Arc<PerIp>>,
     ip: IpAddr,
 }
 
 impl Drop for PerIpSlot {
     fn drop(&mut self) {
-        let mut open = self.per_ip.open.lock().expect("per-ip lock");
+        let Some(per_ip) = &self.per_ip else { return };
+        let mut open = per_ip.open.lock().expect("per-ip lock");
         if let Some(count) = open.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {

@@ -47,6 +47,11 @@ impl SourcePolicy {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
+    /// True when `peer` is a trusted proxy.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.trusted(canonical(peer))
+    }
+
     /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the right-most
     /// `X-Forwarded-For` entry that is not itself a trusted proxy (every header line counts, in order, as one
     /// list). The list is walked from the right: trusted proxies are skipped, the first other entry is the client.
@@ -74,6 +79,11 @@ impl SourcePolicy {
             }
         }
         Some(leftmost)
+    }
+
+    /// True when trusted proxies are configured.
+    pub fn has_trusted_proxies(&self) -> bool {
+        !self.trusted_proxies.is_empty()
     }
 
     /// True when the peer itself must be inside the allowlist: an allowlist and no trusted proxy, so that a
