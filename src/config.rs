@@ -572,6 +572,7 @@ impl TryFrom<Args> for Config {
                 http2: args.http2,
                 peer_allowlist,
                 proxies,
+                dropped_at_accept: None,
             },
             body_read_timeout: Duration::from_secs(args.body_read_timeout),
             kafka,

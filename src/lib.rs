@@ -143,7 +143,10 @@ impl App {
             "callback",
             callback,
             move |request, peer| callback_handler.clone().handle(request, peer),
-            config.limits.clone(),
+            ConnectionLimits {
+                dropped_at_accept: Some(edge.outcome_counter("source_not_allowed")),
+                ..config.limits.clone()
+            },
             async {
                 shutdown.await;
                 let _ = deadline.set(Instant::now() + config.shutdown_timeout);

@@ -1465,6 +1465,8 @@ fn connections_per_ip_are_capped_and_disallowed_peers_are_dropped_at_accept() {
     checks.check(closed.after.is_some() && closed.received.is_empty(), || {
         format!("a peer outside --allow-cidr is not dropped at accept: {closed:?}")
     });
+    let m = metrics::scrape(&fenced.admin_addr);
+    checks.eq("peers dropped at accept are counted", outcome(&m, "source_not_allowed"), 1.0);
     checks.finish();
 }
 

@@ -215,6 +215,11 @@ impl CallbackEdge {
         }
     }
 
+    /// The `imcf_callbacks_total` series of `outcome`, for refusals made before a request is read (at accept).
+    pub fn outcome_counter(&self, outcome: &'static str) -> prometheus::IntCounter {
+        self.metrics.outcome_counter(outcome)
+    }
+
     /// Stops handing events to Kafka: requests that still arrive get 503 and are not acknowledged.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);

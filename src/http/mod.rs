@@ -53,6 +53,8 @@ pub struct ConnectionLimits {
     /// When set, peers that are this policy's trusted proxies are exempt from `max_connections_per_ip`: an
     /// ingress carries every client's connections.
     pub proxies: Option<SourcePolicy>,
+    /// Counts the peers closed at accept by `peer_allowlist` (`imcf_callbacks_total{outcome="source_not_allowed"}`).
+    pub dropped_at_accept: Option<prometheus::IntCounter>,
 }
 
 /// hyper's read buffer limit (`max_buf_size`): a request head that does not fit gets 431. hyper checks it between
@@ -73,6 +75,7 @@ impl Default for ConnectionLimits {
             http2: false,
             peer_allowlist: None,
             proxies: None,
+            dropped_at_accept: None,
         }
     }
 }
@@ -130,6 +133,9 @@ pub async fn serve<H, Fut>(
         };
         if limits.peer_allowlist.as_ref().is_some_and(|policy| !policy.allows(source::canonical(peer.ip()))) {
             debug!(listener = name, %peer, "peer outside --allow-cidr: closed at accept");
+            if let Some(counter) = &limits.dropped_at_accept {
+                counter.inc();
+            }
             continue;
         }
         let exempt = limits.proxies.as_ref().is_some_and(|policy| policy.is_trusted_proxy(peer.ip()));
