@@ -14,8 +14,13 @@ pub use crate::spool::SpoolConfig;
 /// Default Kafka topic for exception events.
 pub const DEFAULT_TOPIC: &str = "im.group.send-msg-exception";
 
+/// Largest accepted value of the flags in seconds: a day. Larger ones would overflow the deadlines computed from
+/// them (`Instant + Duration`), and no sane configuration needs them.
+pub const MAX_SECS: u64 = 86_400;
+
 /// Command-line arguments; every flag can also be set from the environment variable shown in `--help`.
-#[derive(Debug, Clone, Parser)]
+/// `Debug` shows no secret (tokens, `-X` values).
+#[derive(Clone, Parser)]
 #[command(name = "im-callback-forwarder", version, about, long_about = None)]
 pub struct Args {
     /// Address of the callback listener (Tencent's callback URL points here).
@@ -66,28 +71,37 @@ pub struct Args {
     #[arg(long, env = "IMCF_REFUSE_BEFORE_CALLBACKS")]
     pub refuse_before_callbacks: bool,
 
+    /// Start even though an app has no callback token and no --allow-cidr restricts the sources (anyone who knows
+    /// the SdkAppid could then post its callbacks). Implied by --dev.
+    #[arg(long, env = "IMCF_ALLOW_UNSIGNED", overrides_with = "allow_unsigned")]
+    pub allow_unsigned: bool,
+
     /// Seconds a client may take to send the request headers.
-    #[arg(long, env = "IMCF_HEADER_READ_TIMEOUT", default_value_t = 10, value_name = "SECS")]
+    #[arg(long, env = "IMCF_HEADER_READ_TIMEOUT", default_value_t = 10, value_name = "SECS", value_parser = secs())]
     pub header_read_timeout: u64,
 
     /// Seconds a client may take to send the request body.
-    #[arg(long, env = "IMCF_BODY_READ_TIMEOUT", default_value_t = 10, value_name = "SECS")]
+    #[arg(long, env = "IMCF_BODY_READ_TIMEOUT", default_value_t = 10, value_name = "SECS", value_parser = secs())]
     pub body_read_timeout: u64,
 
     /// Seconds an idle keep-alive connection stays open.
-    #[arg(long, env = "IMCF_KEEP_ALIVE_TIMEOUT", default_value_t = 75, value_name = "SECS")]
+    #[arg(long, env = "IMCF_KEEP_ALIVE_TIMEOUT", default_value_t = 75, value_name = "SECS", value_parser = secs())]
     pub keep_alive_timeout: u64,
 
     /// Most callback connections served at once; further clients wait.
     #[arg(long, env = "IMCF_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
+    /// Most callback connections from one client address at once; further ones are closed at accept.
+    #[arg(long, env = "IMCF_MAX_CONNECTIONS_PER_IP", default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections_per_ip: u64,
+
     /// Also accept HTTP/2 (cleartext, prior knowledge) on the callback listener.
     #[arg(long, env = "IMCF_HTTP2")]
     pub http2: bool,
 
     /// Largest allowed clock difference between `RequestTime` and now, in seconds.
-    #[arg(long, env = "IMCF_MAX_CLOCK_SKEW", default_value_t = 60, value_name = "SECS")]
+    #[arg(long, env = "IMCF_MAX_CLOCK_SKEW", default_value_t = 60, value_name = "SECS", value_parser = secs())]
     pub max_clock_skew: u64,
 
     /// HTTP path Tencent posts callbacks to.
@@ -107,15 +121,23 @@ pub struct Args {
     pub dead_letter_topic: Option<String>,
 
     /// A librdkafka producer property KEY=VALUE, overriding our defaults (repeatable; newline-separated in the env var).
-    #[arg(short = 'X', long = "kafka-property", env = "IMCF_KAFKA_PROPERTY", value_delimiter = '\n', value_parser = parse_property, value_name = "KEY=VALUE")]
-    pub kafka_properties: Vec<(String, String)>,
+    /// Checked in [`Config::try_from`], not by clap, whose errors echo the value (it may be `sasl.password`).
+    #[arg(
+        short = 'X',
+        long = "kafka-property",
+        env = "IMCF_KAFKA_PROPERTY",
+        value_delimiter = '\n',
+        hide_env_values = true,
+        value_name = "KEY=VALUE"
+    )]
+    pub kafka_properties: Vec<String>,
 
     /// Largest callback body accepted, in bytes.
     #[arg(long, env = "IMCF_MAX_BODY_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=512 * 1024))]
     pub max_body_bytes: u64,
 
     /// Seconds allowed, after SIGTERM, to finish requests and flush Kafka.
-    #[arg(long, env = "IMCF_SHUTDOWN_TIMEOUT", default_value_t = 30, value_name = "SECS")]
+    #[arg(long, env = "IMCF_SHUTDOWN_TIMEOUT", default_value_t = 30, value_name = "SECS", value_parser = secs())]
     pub shutdown_timeout: u64,
 
     /// Log output format.
@@ -157,10 +179,105 @@ pub enum LogFormat {
     Json,
 }
 
-fn parse_property(raw: &str) -> Result<(String, String), String> {
+/// Seconds between 0 and [`MAX_SECS`].
+fn secs() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(..=MAX_SECS)
+}
+
+/// `KEY=VALUE` of the `position`-th `-X`; the error shows neither (the value may be a password).
+fn parse_property(position: usize, raw: &str) -> Result<(String, String), ConfigError> {
     match raw.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {raw:?}")),
+        _ => Err(ConfigError::KafkaProperty { position }),
+    }
+}
+
+/// Redacted text for `Debug`.
+const REDACTED: &str = "<redacted>";
+
+/// `ID[:TOKEN]` entries with the token replaced.
+fn redacted_apps(entries: &[String]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|entry| match entry.split_once(':') {
+            Some((id, _)) => format!("{id}:{REDACTED}"),
+            None => entry.clone(),
+        })
+        .collect()
+}
+
+/// `-X` entries with their values replaced.
+fn redacted_properties<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+    keys.map(|key| format!("{key}={REDACTED}")).collect()
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Args")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("sdk_app_ids", &self.sdk_app_ids)
+            .field("apps", &redacted_apps(&self.apps))
+            .field("apps_file", &self.apps_file)
+            .field("callback_token", &self.callback_token.as_ref().map(|_| REDACTED))
+            .field("callback_token_file", &self.callback_token_file)
+            .field("allow_cidrs", &self.allow_cidrs)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("routes", &self.routes)
+            .field("unrouted", &self.unrouted)
+            .field("refuse_before_callbacks", &self.refuse_before_callbacks)
+            .field("allow_unsigned", &self.allow_unsigned)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("http2", &self.http2)
+            .field("max_clock_skew", &self.max_clock_skew)
+            .field("callback_path", &self.callback_path)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("topic", &self.topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field(
+                "kafka_properties",
+                &redacted_properties(self.kafka_properties.iter().map(|p| p.split_once('=').map_or("?", |(k, _)| k))),
+            )
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("log_format", &self.log_format)
+            .field("durability", &self.durability)
+            .field("spool_dir", &self.spool_dir)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("dev", &self.dev)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let apps: Vec<String> =
+            self.apps.iter().map(|(id, tokens)| format!("{id} ({} token(s))", tokens.len())).collect();
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("apps", &apps)
+            .field("max_clock_skew", &self.max_clock_skew)
+            .field("callback_path", &self.callback_path)
+            .field("source", &self.source)
+            .field("routes", &self.routes)
+            .field("routing", &self.routing)
+            .field("limits", &self.limits)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("kafka", &self.kafka)
+            .field("topic", &self.topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("kafka_properties", &redacted_properties(self.kafka_properties.iter().map(|(k, _)| k.as_str())))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("log_format", &self.log_format)
+            .field("durability", &self.durability)
+            .field("spool", &self.spool)
+            .finish()
     }
 }
 
@@ -173,8 +290,8 @@ pub enum KafkaTarget {
     Embedded,
 }
 
-/// Validated configuration the service runs with.
-#[derive(Debug, Clone)]
+/// Validated configuration the service runs with. `Debug` shows no secret (tokens, `-X` values).
+#[derive(Clone)]
 pub struct Config {
     /// Callback listener address.
     pub listen: SocketAddr,
@@ -278,6 +395,20 @@ pub enum ConfigError {
     /// `--shutdown-timeout` of zero leaves no time to flush.
     #[error("--shutdown-timeout must be at least 1 second")]
     ShutdownTimeout,
+    /// A `-X` entry that is not KEY=VALUE; the entry is not shown, it may hold a password.
+    #[error("--kafka-property (-X): entry {position} is not KEY=VALUE (not shown: it may hold a secret)")]
+    KafkaProperty {
+        /// 1-based position among the `-X` entries (the line, in IMCF_KAFKA_PROPERTY).
+        position: usize,
+    },
+    /// Apps anyone could post for: no token, no source allowlist, and no explicit consent.
+    #[error(
+        "app(s) {0} have no callback token and no --allow-cidr restricts the sources: anyone who knows the \
+         SdkAppid could post their callbacks. Give a token (--callback-token, --callback-token-file, --app ID:TOKEN \
+         or --apps-file), restrict the sources (--allow-cidr), or accept unsigned callbacks with --allow-unsigned \
+         (IMCF_ALLOW_UNSIGNED=true)"
+    )]
+    Unsigned(String),
 }
 
 fn checked_token(flag: &'static str, token: String) -> Result<String, ConfigError> {
@@ -309,6 +440,13 @@ fn valid_topic(name: &str) -> bool {
         && name != "."
         && name != ".."
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl Config {
+    /// The apps that accept callbacks without a Sign.
+    pub fn unsigned_apps(&self) -> impl Iterator<Item = u64> + '_ {
+        self.apps.iter().filter(|(_, tokens)| tokens.is_empty()).map(|(id, _)| *id)
+    }
 }
 
 impl TryFrom<Args> for Config {
@@ -400,6 +538,19 @@ impl TryFrom<Args> for Config {
         if args.durability == DurabilityArg::Disk && args.spool_dir.is_none() {
             return Err(ConfigError::DiskWithoutSpool);
         }
+        let kafka_properties = args
+            .kafka_properties
+            .iter()
+            .enumerate()
+            .map(|(index, raw)| parse_property(index + 1, raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let unsigned: Vec<String> =
+            apps.iter().filter(|(_, tokens)| tokens.is_empty()).map(|(id, _)| id.to_string()).collect();
+        if !unsigned.is_empty() && source.is_open() && !args.allow_unsigned && !args.dev {
+            return Err(ConfigError::Unsigned(unsigned.join(", ")));
+        }
+        let peer_allowlist = source.checks_peers_at_accept().then(|| source.clone());
+        let proxies = source.has_trusted_proxies().then(|| source.clone());
         let kafka = match (args.dev, args.kafka_brokers) {
             (false, Some(brokers)) => KafkaTarget::Brokers(brokers),
             _ => KafkaTarget::Embedded,
@@ -417,13 +568,17 @@ impl TryFrom<Args> for Config {
                 header_read_timeout: Duration::from_secs(args.header_read_timeout),
                 keep_alive_timeout: Duration::from_secs(args.keep_alive_timeout),
                 max_connections: args.max_connections as usize,
+                max_connections_per_ip: args.max_connections_per_ip as usize,
                 http2: args.http2,
+                peer_allowlist,
+                proxies,
+                dropped_at_accept: None,
             },
             body_read_timeout: Duration::from_secs(args.body_read_timeout),
             kafka,
             topic: args.topic,
             dead_letter_topic,
-            kafka_properties: args.kafka_properties,
+            kafka_properties,
             max_body_bytes: args.max_body_bytes,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             log_format: args.log_format,
@@ -453,7 +608,7 @@ mod tests {
 
     #[test]
     fn defaults_are_documented_values() {
-        let config = parse(&["--sdk-app-id", "1400000000", "--kafka-brokers", "k:9092"]).unwrap();
+        let config = parse(&["--sdk-app-id", "1400000000", "--kafka-brokers", "k:9092", "--allow-unsigned"]).unwrap();
         assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
         assert_eq!(config.topic, "im.group.send-msg-exception");
@@ -465,6 +620,65 @@ mod tests {
         assert_eq!(config.apps, vec![(1400000000, vec![])]);
         assert_eq!(config.durability, Durability::Memory);
         assert!(config.spool.is_none());
+        assert_eq!(config.limits.max_connections_per_ip, 256);
+    }
+
+    #[test]
+    fn unsigned_apps_need_a_token_an_allowlist_or_consent() {
+        let err = parse(&["--sdk-app-id", "1400000000", "--kafka-brokers", "k:9092"]).unwrap_err();
+        for way_out in ["--callback-token", "--allow-cidr", "--allow-unsigned", "1400000000"] {
+            assert!(err.contains(way_out), "{err}");
+        }
+        let err = parse(&["--app", "1:t", "--app", "2", "--kafka-brokers", "k"]).unwrap_err();
+        assert!(err.contains('2') && !err.contains("1,"), "{err}");
+        for extra in [
+            &["--allow-unsigned", "--allow-unsigned"][..],
+            &["--allow-cidr", "10.0.0.0/8"],
+            &["--dev"],
+            &["--callback-token", "t"],
+        ] {
+            let mut argv = vec!["--sdk-app-id", "1", "--kafka-brokers", "k"];
+            argv.extend_from_slice(extra);
+            let config = parse(&argv).unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+            assert_eq!(config.unsigned_apps().count(), usize::from(extra[0] != "--callback-token"), "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let argv = [
+            "im-callback-forwarder",
+            "--dev",
+            "--app",
+            "1:secret-app-token",
+            "--callback-token",
+            "secret-global-token",
+            "-X",
+            "sasl.password=secret-password",
+        ];
+        let args = Args::try_parse_from(argv).unwrap();
+        let debug = format!("{args:?}");
+        assert!(!debug.contains("secret-") && debug.contains("sasl.password"), "{debug}");
+        let config = Config::try_from(args).unwrap();
+        let debug = format!("{config:?} {config:#?}");
+        assert!(!debug.contains("secret-") && debug.contains("sasl.password"), "{debug}");
+        let err = parse(&["--dev", "--sdk-app-id", "1", "-X", "sasl.password:secret-password"]).unwrap_err();
+        assert!(err.contains("--kafka-property") && !err.contains("secret-"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        for flag in [
+            "--max-clock-skew",
+            "--header-read-timeout",
+            "--keep-alive-timeout",
+            "--body-read-timeout",
+            "--shutdown-timeout",
+        ] {
+            let err = parse(&["--dev", "--sdk-app-id", "1", flag, "86401"]).unwrap_err();
+            assert!(err.contains(flag), "{flag}: {err}");
+            parse(&["--dev", "--sdk-app-id", "1", flag, "86400"]).unwrap_or_else(|e| panic!("{flag}: {e}"));
+        }
     }
 
     #[test]

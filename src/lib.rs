@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::callback::AppRegistry;
 use crate::config::{Config, KafkaTarget};
@@ -44,9 +44,17 @@ pub enum StartError {
     Listener(#[source] std::io::Error),
 }
 
-/// Checks what can be checked of `config` before any listener is bound (today: every `-X` property).
+/// Checks what can be checked of `config` before any listener is bound (today: every `-X` property), and
+/// warns about every app that accepts unsigned callbacks.
 pub fn validate(config: &Config) -> Result<(), StartError> {
     sink::validate_properties(&config.kafka_properties)?;
+    for sdk_app_id in config.unsigned_apps() {
+        warn!(
+            sdk_app_id,
+            "app accepts unsigned callbacks: no callback token, so anyone who can reach the listener{} and knows the SdkAppid can post them",
+            if config.source.is_open() { "" } else { " from --allow-cidr" }
+        );
+    }
     Ok(())
 }
 
@@ -197,7 +205,10 @@ impl App {
             "callback",
             callback,
             move |request, peer| callback_handler.clone().handle(request, peer),
-            config.limits.clone(),
+            ConnectionLimits {
+                dropped_at_accept: Some(edge.outcome_counter("source_not_allowed")),
+                ..config.limits.clone()
+            },
             async {
                 shutdown.await;
                 let _ = deadline.set(Instant::now() + config.shutdown_timeout);

@@ -322,6 +322,11 @@ impl Metrics {
         self.kafka_topics_missing.set(topics_missing);
     }
 
+    /// The `imcf_callbacks_total` series of a refusal `outcome` (not `accepted` or `ignored`, which have their own).
+    pub fn outcome_counter(&self, outcome: &'static str) -> IntCounter {
+        self.callbacks.with_label_values(&[outcome])
+    }
+
     /// Counts one answered callback under its outcome label.
     pub fn callback(&self, outcome: &'static str) {
         match outcome {

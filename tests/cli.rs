@@ -56,7 +56,10 @@ fn missing_kafka_brokers_without_dev_is_refused_naming_the_flag() {
 fn unknown_kafka_property_is_refused_naming_it() {
     let listen = listen_args();
     let output = refused(
-        &with_listen(&listen, &["--kafka-brokers", "127.0.0.1:9", "--sdk-app-id", APP_ID, "-X", "no.such.property=1"]),
+        &with_listen(
+            &listen,
+            &["--kafka-brokers", "127.0.0.1:9", "--sdk-app-id", APP_ID, "--allow-unsigned", "-X", "no.such.property=1"],
+        ),
         &[],
     );
     assert!(output.contains("no.such.property"), "output names the property:\n{output}");
@@ -138,4 +141,99 @@ fn configuration_comes_from_the_environment_too() {
     }
     let elsewhere = fwd.post(&query(APP_ID, EXCEPTION, None), DOC_SAMPLE.as_bytes());
     assert_eq!(elsewhere.status, 404, "POST / with IMCF_CALLBACK_PATH=/tencent");
+}
+
+#[test]
+fn an_unsigned_app_without_an_allowlist_refuses_to_start_unless_allowed() {
+    // No token and no allowlist: anyone who knows the SdkAppid could post. Refused, naming the three ways out.
+    let listen = listen_args();
+    let output = refused(&with_listen(&listen, &["--kafka-brokers", "127.0.0.1:9", "--sdk-app-id", APP_ID]), &[]);
+    for way_out in ["--callback-token", "--allow-cidr", "--allow-unsigned"] {
+        assert!(output.contains(way_out), "the refusal names {way_out}:\n{output}");
+    }
+    let listen = listen_args();
+    let output = refused(&with_listen(&listen, &["--kafka-brokers", "127.0.0.1:9", "--app", APP_ID]), &[]);
+    assert!(output.contains("--allow-unsigned"), "--app without a token is unsigned too:\n{output}");
+    // Each way out starts; every unsigned app is warned about at start.
+    for (case, args, envs, warned) in [
+        ("--allow-unsigned", vec!["--allow-unsigned"], vec![], true),
+        ("IMCF_ALLOW_UNSIGNED", vec![], vec![("IMCF_ALLOW_UNSIGNED", "true")], true),
+        ("--allow-cidr", vec!["--allow-cidr", "10.0.0.0/8"], vec![], true),
+        ("--dev", vec!["--dev"], vec![], true),
+        ("--callback-token", vec!["--callback-token", "a-token"], vec![], false),
+    ] {
+        let mut cmd = common::forwarder::command();
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--kafka-brokers", "127.0.0.1:9", "--sdk-app-id", APP_ID])
+            .args(&args)
+            .envs(envs);
+        let mut started = common::forwarder::spawn_listening(cmd, case);
+        let warnings: Vec<Value> = started
+            .output
+            .json_lines()
+            .into_iter()
+            .filter(|l| l["level"] == "WARN" && l.to_string().contains("unsigned"))
+            .collect();
+        assert_eq!(!warnings.is_empty(), warned, "{case}: warning about the unsigned app: {warnings:?}");
+        if warned {
+            assert!(warnings[0].to_string().contains(APP_ID), "{case}: the warning names the app: {warnings:?}");
+        }
+        let _ = started.child.kill();
+        let _ = started.child.wait();
+    }
+}
+
+#[test]
+fn the_404_answer_does_not_name_the_callback_path() {
+    let fwd = Forwarder::start(&["--dev", "--sdk-app-id", APP_ID, "--callback-path", "/hidden-callback-path"]);
+    let reply = fwd.post(&query(APP_ID, EXCEPTION, None), DOC_SAMPLE.as_bytes());
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    let body = reply.json().unwrap_or_else(|| panic!("404 answer is not JSON: {}", reply.text()));
+    assert_eq!((body["ActionStatus"].as_str(), body["ErrorCode"].as_i64()), (Some("FAIL"), Some(40400)), "{body}");
+    assert_eq!(body["ErrorInfo"], "not found", "{body}");
+    assert!(!reply.text().contains("hidden"), "the 404 answer shows the callback path: {}", reply.text());
+}
+
+#[test]
+fn secrets_stay_out_of_help_and_error_messages() {
+    const SECRET: &str = "hunter2-secret-value";
+    // Environment values are not shown by --help.
+    let property = format!("sasl.password={SECRET}");
+    let (status, output) = run_to_exit(
+        &["--help"],
+        &[
+            ("IMCF_KAFKA_PROPERTY", property.as_str()),
+            ("IMCF_CALLBACK_TOKEN", SECRET),
+            ("IMCF_APP", &format!("{APP_ID}:{SECRET}")),
+        ],
+        EXIT_TIMEOUT,
+    );
+    assert!(status.success(), "--help exited {status}:\n{output}");
+    assert!(!output.contains(SECRET), "--help shows a secret:\n{output}");
+    // A malformed -X line is not echoed: it may be a password typed with the wrong separator.
+    for (case, args, envs) in [
+        ("-X", vec!["-X".to_owned(), format!("sasl.password:{SECRET}")], vec![]),
+        ("IMCF_KAFKA_PROPERTY", vec![], vec![("IMCF_KAFKA_PROPERTY", format!("acks=all\nsasl.password:{SECRET}"))]),
+    ] {
+        let listen = listen_args();
+        let mut argv = with_listen(&listen, &["--kafka-brokers", "127.0.0.1:9", "--sdk-app-id", APP_ID]);
+        argv.extend(args.iter().map(String::as_str));
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let output = refused(&argv, &envs);
+        assert!(output.contains("--kafka-property") || output.contains("-X"), "{case}: names the flag:\n{output}");
+        assert!(!output.contains(SECRET), "{case}: the malformed property is echoed:\n{output}");
+    }
+}
+
+#[test]
+fn huge_durations_are_refused_naming_the_flag_without_a_panic() {
+    for flag in ["--max-clock-skew", "--header-read-timeout", "--keep-alive-timeout", "--body-read-timeout"] {
+        let listen = listen_args();
+        let args = with_listen(&listen, &["--dev", "--sdk-app-id", APP_ID, flag, "18446744073709551615"]);
+        let (status, output) = run_to_exit(&args, &[], EXIT_TIMEOUT);
+        assert!(!status.success(), "{flag}: exited {status}:\n{output}");
+        assert!(!output.contains("panicked"), "{flag}: panicked:\n{output}");
+        assert!(output.contains(flag), "{flag}: the error names the flag:\n{output}");
+        assert!(!output.contains("\"listening\""), "{flag}: started listening:\n{output}");
+    }
 }

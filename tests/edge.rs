@@ -388,7 +388,8 @@ fn bad_inputs_get_their_answer_publish_nothing_and_leave_the_process_healthy() {
     let nul_body = exception_body("@TGS#nul-escaped", r#","From_Account":"a\u0000b","Note":"x\u0000y""#);
     let big_body = exception_body(
         "@TGS#big-unknown",
-        r#","Big":123456789012345678901234567890,"Neg":-99999999999999999999,"Exp":1e400"#,
+        // Beyond i64/u64 but within f64 (beyond f64, `1e400`, is refused: see values_no_consumer_can_hold_...).
+        r#","Big":123456789012345678901234567890,"Neg":-99999999999999999999,"Exp":1e300"#,
     );
     let xml_header_body = exception_body("@TGS#xml-header", "");
     let no_header_body = exception_body("@TGS#no-header", "");
@@ -468,7 +469,7 @@ fn bad_inputs_get_their_answer_publish_nothing_and_leave_the_process_healthy() {
     if let Some(r) = by_id.get(&event_id(APP_ID, &big_body)) {
         let extra = raw_field(r.value_bytes(), "extra").unwrap_or_default();
         for (field, text) in
-            [("Big", "123456789012345678901234567890"), ("Neg", "-99999999999999999999"), ("Exp", "1e400")]
+            [("Big", "123456789012345678901234567890"), ("Neg", "-99999999999999999999"), ("Exp", "1e300")]
         {
             checks.eq(
                 &format!("big numbers: extra.{field} verbatim"),
@@ -917,12 +918,22 @@ fn the_source_allowlist_believes_x_forwarded_for_only_from_trusted_proxies() {
     };
     let denied = |checks: &mut Checks, case: &str, reply: &Reply| check_refusal(checks, case, reply, 403, 40303, &[]);
 
-    let (r, _) = post(&direct, TOKEN, &[]);
-    denied(&mut checks, "127.0.0.1 outside 10.0.0.0/8", &r);
-    let (r, _) = post(&direct, TOKEN, &["10.1.2.3"]);
-    denied(&mut checks, "X-Forwarded-For 10.1.2.3 from an untrusted peer", &r);
-    let (r, _) = post(&direct, "wrong-token", &[]);
-    denied(&mut checks, "a wrong Sign from outside (source checked first)", &r);
+    // Without a trusted proxy, a peer outside the allowlist is closed at accept: no answer, whatever it sends.
+    for (case, token, xff) in [
+        ("127.0.0.1 outside 10.0.0.0/8", TOKEN, ""),
+        ("X-Forwarded-For 10.1.2.3 from an untrusted peer", TOKEN, "X-Forwarded-For: 10.1.2.3\r\n"),
+        ("a wrong Sign from outside (source checked first)", "wrong-token", ""),
+    ] {
+        let addr = &direct.callback_addr;
+        let body = exception_body("@TGS#source-direct", "");
+        let head = format!("Content-Length: {}\r\n{xff}", body.len());
+        let mut stream = conn::connect(addr, Duration::from_secs(5));
+        let mut request = conn::post_head(addr, &path_for(APP_ID, EXCEPTION, Some(token)), &head).into_bytes();
+        request.extend_from_slice(&body);
+        let _ = stream.write_all(&request);
+        let closed = conn::wait_closed(&mut stream, Duration::from_secs(3));
+        checks.check(closed.after.is_some() && closed.received.is_empty(), || format!("{case}: answered {closed:?}"));
+    }
 
     let mut accepted = BTreeSet::new();
     let (r, id) = post(&proxied, TOKEN, &["10.1.2.3"]);
@@ -1266,5 +1277,246 @@ fn with_http2_a_silent_client_is_cut_off_by_the_header_read_timeout() {
     checks.check(silent_closed.is_some(), || "a silent connection is still open after 3 s".into());
     checks
         .check(half_closed.is_some(), || "a connection that sent half the h2c preface is still open after 3 s".into());
+    checks.finish();
+}
+
+/// A forwarder on librdkafka's embedded cluster (`--dev`) for app [`APP_ID`], with `extra` flags.
+fn dev(extra: &[&str]) -> Forwarder {
+    let mut args = vec!["--dev", "--sdk-app-id", APP_ID];
+    args.extend_from_slice(extra);
+    Forwarder::start(&args)
+}
+
+#[test]
+fn x_forwarded_for_is_walked_from_the_right_and_an_entry_that_does_not_parse_is_refused() {
+    let fwd = dev(&["--callback-token", TOKEN, "--allow-cidr", "10.0.0.0/8", "--trusted-proxy", "127.0.0.1/32"]);
+    let mut checks = Checks::default();
+    let mut n = 0;
+    let mut post = |xff: &[&str]| {
+        n += 1;
+        let headers: String = xff.iter().map(|v| format!("X-Forwarded-For: {v}\r\n")).collect();
+        let body = exception_body(&format!("@TGS#xff-{n}"), "");
+        raw_post(&fwd, &path_for(APP_ID, EXCEPTION, Some(TOKEN)), Some("application/json"), &headers, &body)
+    };
+    let mut refused = 0;
+    for (case, xff) in [
+        ("an allowed entry, then garbage", &["10.1.2.3, x"][..]),
+        ("an allowed entry and a trailing comma", &["10.1.2.3,"]),
+        ("an allowed entry and an empty entry", &["10.1.2.3, , 127.0.0.1"]),
+        ("an ip:port entry", &["10.1.2.3:8080"]),
+        ("an allowed entry, then an ip:port entry", &["10.1.2.3, 10.1.2.4:443"]),
+        ("two header lines, the last garbage", &["10.1.2.3", "x"]),
+        ("two header lines, the last empty", &["10.1.2.3", ""]),
+        ("a bracketed IPv6 entry", &["[::1]"]),
+        ("only trusted proxies", &["127.0.0.1"]),
+    ] {
+        check_refusal(&mut checks, case, &post(xff), 403, 40303, &[]);
+        refused += 1;
+    }
+    for (case, xff) in [
+        ("the client behind two trusted proxies", &["10.1.2.3, 127.0.0.1, 127.0.0.1"][..]),
+        ("garbage left of the client is the client's own business", &["x, 10.1.2.3"]),
+        ("two header lines count as one list", &["192.0.2.1", "10.1.2.3, 127.0.0.1"]),
+    ] {
+        check_ok(&mut checks, case, &post(xff));
+    }
+    let m = metrics::scrape(&fwd.admin_addr);
+    checks.eq("source_not_allowed", outcome(&m, "source_not_allowed"), f64::from(refused));
+    checks.eq("accepted", outcome(&m, "accepted"), 3.0);
+    checks.finish();
+}
+
+#[test]
+fn an_unsigned_apps_replay_key_is_the_body_alone() {
+    // An unsigned app's Sign and RequestTime are not verified: they must not make the same body a new callback.
+    let fwd = dev(&[]);
+    let mut checks = Checks::default();
+    let body = exception_body("@TGS#unsigned-rt", "");
+    let base = query(APP_ID, EXCEPTION, None);
+    for (case, extra) in [
+        ("no Sign", String::new()),
+        ("RequestTime=1", format!("&Sign={}&RequestTime=1", "a".repeat(64))),
+        ("RequestTime=2", format!("&Sign={}&RequestTime=2", "b".repeat(64))),
+    ] {
+        check_ok(&mut checks, case, &raw_post(&fwd, &format!("/?{base}{extra}"), Some("application/json"), "", &body));
+    }
+    let m = metrics::scrape(&fwd.admin_addr);
+    checks.eq("accepted", outcome(&m, "accepted"), 1.0);
+    checks.eq("replayed", outcome(&m, "replayed"), 2.0);
+    checks.finish();
+}
+
+#[test]
+fn a_refused_before_callback_stays_refused_when_its_publish_fails() {
+    // A dead broker and a producer queue of one record: the first callback fills it, the next publish fails.
+    let fwd = Forwarder::start(&[
+        "--kafka-brokers",
+        "127.0.0.1:1",
+        "--sdk-app-id",
+        APP_ID,
+        "--callback-token",
+        TOKEN,
+        "--refuse-before-callbacks",
+        "--route",
+        "Group.*=im.group.callbacks",
+        "-X",
+        "queue.buffering.max.messages=1",
+    ]);
+    let mut checks = Checks::default();
+    let filler = exception_body("@TGS#filler", "");
+    check_ok(
+        &mut checks,
+        "the callback that fills the queue",
+        &raw_post(&fwd, &path_for(APP_ID, EXCEPTION, Some(TOKEN)), Some("application/json"), "", &filler),
+    );
+    let before =
+        br#"{"CallbackCommand":"Group.CallbackBeforeSendMsg","GroupId":"@TGS#before-full","From_Account":"u"}"#;
+    let path = path_for(APP_ID, "Group.CallbackBeforeSendMsg", Some(TOKEN));
+    let reply = raw_post(&fwd, &path, Some("application/json"), "", before);
+    check_before_refused(&mut checks, "routed before-callback, publish failed", &reply);
+    // An after-callback whose publish fails is still not acknowledged.
+    let after = br#"{"CallbackCommand":"Group.CallbackAfterSendMsg","GroupId":"@TGS#after-full","From_Account":"u"}"#;
+    let path = path_for(APP_ID, "Group.CallbackAfterSendMsg", Some(TOKEN));
+    check_refusal(
+        &mut checks,
+        "routed after-callback, publish failed",
+        &raw_post(&fwd, &path, None, "", after),
+        503,
+        50300,
+        &[],
+    );
+    let m = metrics::scrape(&fwd.admin_addr);
+    checks.eq("before_refused", outcome(&m, "before_refused"), 1.0);
+    checks.eq("unavailable", outcome(&m, "unavailable"), 1.0);
+    checks.eq("the lost record of the refused before-callback", m.get("imcf_events_lost_total"), Some(1.0));
+    checks.finish();
+}
+
+/// Sends `request` on `stream` and reads one answer.
+fn send_and_read(stream: &mut std::net::TcpStream, request: &[u8]) -> Result<Reply, String> {
+    stream.write_all(request).map_err(|e| format!("write: {e}"))?;
+    http::read_reply(stream)
+}
+
+#[test]
+fn refusals_close_the_connection_and_accepted_callbacks_keep_it() {
+    let fwd = dev(&["--callback-token", TOKEN]);
+    let addr = fwd.callback_addr.clone();
+    let mut checks = Checks::default();
+    let body = exception_body("@TGS#keep", "");
+    let ok_path = path_for(APP_ID, EXCEPTION, Some(TOKEN));
+    let post = |path: &str| {
+        let mut request = conn::post_head(&addr, path, &format!("Content-Length: {}\r\n", body.len())).into_bytes();
+        request.extend_from_slice(&body);
+        request
+    };
+    for (case, request, status) in [
+        ("404", post("/elsewhere"), 404),
+        ("405", format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes(), 405),
+        ("403", post(&path_for("1400009999", EXCEPTION, None)), 403),
+        ("401", post(&path_for(APP_ID, EXCEPTION, Some("wrong-token"))), 401),
+    ] {
+        let mut stream = conn::connect(&addr, Duration::from_secs(5));
+        let reply = send_and_read(&mut stream, &request);
+        checks.eq(&format!("{case}: status"), reply.as_ref().map(|r| r.status).ok(), Some(status));
+        let closed = conn::wait_closed(&mut stream, Duration::from_secs(2));
+        checks.check(closed.after.is_some(), || format!("{case}: the connection stays open after the refusal"));
+    }
+    let mut stream = conn::connect(&addr, Duration::from_secs(5));
+    for i in 0..2 {
+        let reply = send_and_read(&mut stream, &post(&ok_path));
+        checks.eq(&format!("accepted #{i} on one connection"), reply.map(|r| r.status).ok(), Some(200));
+    }
+    checks.finish();
+}
+
+#[test]
+fn an_oversized_request_head_gets_431() {
+    let fwd = dev(&["--callback-token", TOKEN]);
+    let addr = &fwd.callback_addr;
+    // hyper checks its buffer limit (64 KiB) between reads, so a head is refused somewhere between 64 and 128 KiB.
+    let big = format!("X-Padding: {}\r\n", "a".repeat(160 * 1024));
+    let head = format!("POST / HTTP/1.1\r\nHost: {addr}\r\n{big}Content-Length: 2\r\n\r\n{{}}");
+    let mut stream = conn::connect(addr, Duration::from_secs(5));
+    let reply = send_and_read(&mut stream, head.as_bytes());
+    assert_eq!(reply.as_ref().map(|r| r.status).ok(), Some(431), "{reply:?}");
+}
+
+#[test]
+fn connections_per_ip_are_capped_and_disallowed_peers_are_dropped_at_accept() {
+    let fwd = dev(&["--callback-token", TOKEN, "--max-connections-per-ip", "2"]);
+    let addr = fwd.callback_addr.clone();
+    let mut checks = Checks::default();
+    let body = exception_body("@TGS#per-ip", "");
+    let mut held: Vec<_> = (0..2).map(|_| conn::connect(&addr, Duration::from_secs(5))).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = conn::connect(&addr, Duration::from_secs(5));
+    let closed = conn::wait_closed(&mut third, Duration::from_secs(2));
+    checks.check(closed.after.is_some() && closed.received.is_empty(), || {
+        format!("a third connection from one address is served: {closed:?}")
+    });
+    let reply = conn::keep_alive_post(&mut held[0], &addr, &path_for(APP_ID, EXCEPTION, Some(TOKEN)), &body);
+    checks.eq("a held connection still serves", reply.map(|r| r.status).ok(), Some(200));
+    // The admin listener has its own room.
+    checks.eq("/healthz", http::try_get(&fwd.admin_url("/healthz")).map(|r| r.status).ok(), Some(200));
+    drop(held);
+
+    // A trusted proxy carries every client's connections: it is exempt.
+    let proxied = dev(&["--callback-token", TOKEN, "--max-connections-per-ip", "2", "--trusted-proxy", "127.0.0.1/32"]);
+    let mut held: Vec<_> = (0..3).map(|_| conn::connect(&proxied.callback_addr, Duration::from_secs(5))).collect();
+    let reply =
+        conn::keep_alive_post(&mut held[2], &proxied.callback_addr, &path_for(APP_ID, EXCEPTION, Some(TOKEN)), &body);
+    checks.eq("a trusted proxy's third connection", reply.map(|r| r.status).ok(), Some(200));
+    drop(held);
+
+    // --allow-cidr without --trusted-proxy: a peer outside the allowlist is dropped without an answer.
+    let fenced = dev(&["--callback-token", TOKEN, "--allow-cidr", "10.0.0.0/8"]);
+    let mut stream = conn::connect(&fenced.callback_addr, Duration::from_secs(5));
+    let closed = conn::wait_closed(&mut stream, Duration::from_secs(2));
+    checks.check(closed.after.is_some() && closed.received.is_empty(), || {
+        format!("a peer outside --allow-cidr is not dropped at accept: {closed:?}")
+    });
+    let m = metrics::scrape(&fenced.admin_addr);
+    checks.eq("peers dropped at accept are counted", outcome(&m, "source_not_allowed"), 1.0);
+    checks.finish();
+}
+
+#[test]
+fn values_no_consumer_can_hold_are_refused_and_dead_lettered() {
+    let fwd = dev(&["--callback-token", TOKEN]);
+    let mut checks = Checks::default();
+    let path = path_for(APP_ID, EXCEPTION, Some(TOKEN));
+    let mut n = 0;
+    for (case, more, (status, code, outcome_name)) in [
+        (
+            "a lone surrogate in MsgBody",
+            r#","MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"\ud800"}}]"#,
+            INVALID_JSON,
+        ),
+        ("a lone trailing surrogate in an extra field", r#","Extra":"a\udc00b""#, INVALID_JSON),
+        ("a number out of f64 range", r#","Extra":1e400"#, INVALID_JSON),
+        ("a 400-digit integer", &format!(r#","Extra":{}"#, "9".repeat(400)), INVALID_JSON),
+        (
+            "a nested duplicate key",
+            r#","MsgBody":[{"MsgType":"TIMTextElem","MsgType":"TIMFaceElem"}]"#,
+            DUPLICATE_FIELD,
+        ),
+    ] {
+        n += 1;
+        let body = exception_body(&format!("@TGS#unusable-{n}"), more);
+        let reply = raw_post(&fwd, &path, Some("application/json"), "", &body);
+        check_refusal(&mut checks, case, &reply, status, code, &[]);
+        checks.eq(&format!("{case}: outcome"), outcome(&metrics::scrape(&fwd.admin_addr), outcome_name) > 0.0, true);
+    }
+    // A surrogate pair and large but representable numbers are fine.
+    let body =
+        exception_body("@TGS#usable", r#","Extra":"\ud83d\ude00","Big":1e300,"Long":123456789012345678901234567890"#);
+    check_ok(
+        &mut checks,
+        "a surrogate pair and big numbers",
+        &raw_post(&fwd, &path, Some("application/json"), "", &body),
+    );
+    let m = metrics::scrape(&fwd.admin_addr);
+    checks.eq("dead letters", m.get("imcf_dead_letters_total"), Some(f64::from(n)));
     checks.finish();
 }

@@ -98,6 +98,7 @@ impl<'a> BodyFields<'a> {
         if let Some(key) = duplicate_key(&top.extra) {
             return Err(BodyError::DuplicateField(truncated(key)));
         }
+        check_values(text)?;
         Ok(Self { known: top.known, extra: top.extra })
     }
 
@@ -238,6 +239,99 @@ fn duplicate_key<'k>(fields: &'k [(Cow<'_, str>, &RawValue)]) -> Option<&'k str>
     let mut keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_ref()).collect();
     keys.sort_unstable();
     keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+/// Refuses what the events would copy verbatim but a consumer could not read: the raw-value reader lets through
+/// lone surrogate escapes (`"\ud800"`) and numbers beyond f64 (`1e400`, 400-digit integers), which
+/// `serde_json::Value` with default features (and most JSON libraries) refuse; and duplicate keys in nested
+/// objects, which consumers resolve differently (first or last wins). One more pass over the body, borrowing.
+fn check_values(text: &str) -> Result<(), BodyError> {
+    let duplicate = std::cell::RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let checked = de::DeserializeSeed::deserialize(Strict { duplicate: &duplicate }, &mut deserializer);
+    match (checked, duplicate.into_inner()) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(key)) => Err(BodyError::DuplicateField(key)),
+        (Err(err), None) => Err(BodyError::InvalidJson(err.to_string())),
+    }
+}
+
+/// Walks a value with `deserialize_any`, as `serde_json::Value` does, keeping nothing; notes a nested duplicate key.
+#[derive(Clone, Copy)]
+struct Strict<'s> {
+    duplicate: &'s std::cell::RefCell<Option<Box<str>>>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Strict<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
+        while let Some(CowStr(key)) = map.next_key()? {
+            let seen = match &mut many {
+                Some(set) => !set.insert(key.clone()),
+                None if keys.len() < 16 => keys.contains(&key),
+                None => {
+                    // Adversarial bodies can hold thousands of keys: a set keeps this linear.
+                    let mut set: std::collections::HashSet<_> = keys.drain(..).collect();
+                    let seen = !set.insert(key.clone());
+                    many = Some(set);
+                    seen
+                }
+            };
+            if seen {
+                *self.duplicate.borrow_mut() = Some(truncated(&key));
+                return Err(de::Error::custom("duplicate key"));
+            }
+            if many.is_none() {
+                keys.push(key);
+            }
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
 }
 
 /// Keeps error texts bounded: at most 64 characters of an unknown key.
@@ -398,6 +492,36 @@ mod tests {
 
     fn parse(body: &[u8]) -> Result<BodyFields<'_>, BodyError> {
         BodyFields::parse(body)
+    }
+
+    #[test]
+    fn values_no_consumer_can_hold_and_nested_duplicates_are_refused() {
+        let long = format!(r#""X":{}"#, "9".repeat(400));
+        for (more, label) in [
+            (r#""MsgBody":[{"MsgContent":{"Text":"\ud800"}}]"#, "invalid_json"),
+            (r#""X":"a\udc00b""#, "invalid_json"),
+            (r#""X":"\ud800\u0041""#, "invalid_json"),
+            (r#""X":1e400"#, "invalid_json"),
+            (r#""X":-1e400"#, "invalid_json"),
+            (long.as_str(), "invalid_json"),
+            (r#""X":[{"a":1,"a":2}]"#, "duplicate_field"),
+            (r#""X":{"a":{"b":1,"b":1}}"#, "duplicate_field"),
+        ] {
+            let body = format!(r#"{{"GroupId":"g",{more}}}"#);
+            let err = parse(body.as_bytes()).err().unwrap_or_else(|| panic!("{body} accepted"));
+            assert_eq!(err.outcome_label(), label, "{body}: {err}");
+        }
+        let many: String = (0..100).map(|n| format!(r#""k{n}":{n},"#)).collect();
+        let body = format!(r#"{{"X":{{{many}"k7":0}}}}"#);
+        assert_eq!(parse(body.as_bytes()).unwrap_err(), BodyError::DuplicateField("k7".into()));
+        for fine in [
+            r#"{"X":"\ud83d\ude00","Y":1e300,"Z":123456789012345678901234567890,"W":-0,"V":1e-400}"#,
+            r#"{"X":[{"a":1},{"a":2}],"Y":{"a":{"a":1}}}"#,
+        ] {
+            assert!(parse(fine.as_bytes()).is_ok(), "{fine}");
+        }
+        let body = format!(r#"{{"X":{{{many}"last":0}}}}"#);
+        assert!(parse(body.as_bytes()).is_ok());
     }
 
     fn nested(prefix: &str, depth: usize, suffix: &str) -> Vec<u8> {
@@ -597,8 +721,7 @@ mod tests {
             f.array(Known::MsgBody).unwrap_err(),
             BodyError::InvalidField { field: "MsgBody", expected: "an array or null" }
         );
-        // A lone surrogate escape passes the raw parse but is not a valid string value.
-        let f = parse(br#"{"GroupId":"\ud800"}"#).unwrap();
-        assert!(f.required_string(Known::GroupId).is_err());
+        // A lone surrogate escape is not a valid string value: the body is refused as a whole.
+        assert_eq!(parse(br#"{"GroupId":"\ud800"}"#).unwrap_err().outcome_label(), "invalid_json");
     }
 }

@@ -21,6 +21,6 @@ pub use command::{command_label, is_before_callback, COMMAND_LABELS, OFFICIAL_AC
 pub use envelope::{normalize, CallbackEnvelope, Normalized, SCHEMA_CALLBACK_V1};
 pub use error::{BodyError, RejectError, RouteRefusal};
 pub use event::{classify, event_id, Classified, ExceptionEvent, EXCEPTION_COMMAND, SCHEMA_V1};
-pub use query::{AuthenticatedQuery, RawQuery};
+pub use query::{without_sign, AuthenticatedQuery, RawQuery};
 pub use route::{route, Disposition, Route, RouteError, RouteTable, RoutingPolicy, UnroutedPolicy};
 pub use sign::{sign, AppRegistry};

@@ -91,8 +91,11 @@ fn check_output(json: &[u8], schema: &str, sdk_app_id: u64, body: &[u8]) {
         event_id: String,
         sdk_app_id: u64,
     }
-    // IgnoredAny checks syntax only, so numbers beyond f64 kept verbatim (`1e999`) do not fail this.
+    // Every record parses with serde_json's defaults: no lone surrogate, no number beyond f64 kept verbatim.
     serde_json::from_slice::<IgnoredAny>(json).expect("output is JSON");
+    if let Err(err) = serde_json::from_slice::<Value>(json) {
+        panic!("a record serde_json::Value cannot read: {err}: {}", String::from_utf8_lossy(json));
+    }
     let head: Head = serde_json::from_slice(json).expect("output has the head fields");
     assert_eq!(head.schema, schema);
     assert_eq!(head.sdk_app_id, sdk_app_id);

@@ -139,6 +139,19 @@ pub(super) fn decoded_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, 
     split.into_iter().flatten().chain(decoded.into_iter().flatten())
 }
 
+/// `raw` without its `Sign` parameter, every other parameter kept as sent: what may be stored or logged of a
+/// query. A `Sign` is a bearer credential (it covers only the token and `RequestTime`, not the body), so whoever
+/// reads it could post any body under that app until `RequestTime` leaves the clock-skew window.
+pub fn without_sign(raw: &str) -> Cow<'_, str> {
+    let pairs = raw.strip_prefix('?').unwrap_or(raw);
+    // Compared as parsed, so that a percent-encoded name (`Si%67n`) is recognized as `RawQuery::parse` sees it.
+    let is_sign = |pair: &str| form_urlencoded::parse(pair.as_bytes()).next().is_some_and(|(name, _)| name == "Sign");
+    if !pairs.split('&').any(is_sign) {
+        return Cow::Borrowed(raw);
+    }
+    Cow::Owned(pairs.split('&').filter(|pair| !is_sign(pair)).collect::<Vec<_>>().join("&"))
+}
+
 /// A query whose `SdkAppid` is one of ours and whose `Sign` verified (when the app has tokens).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthenticatedQuery<'q> {
@@ -152,7 +165,7 @@ pub struct AuthenticatedQuery<'q> {
     pub client_ip: Option<Cow<'q, str>>,
     /// `OptPlatform`, as sent (compare case-insensitively).
     pub opt_platform: Option<Cow<'q, str>>,
-    /// The raw query string, for the dead letter's `query` header.
+    /// The raw query string; store or log only [`without_sign`] of it.
     pub raw: &'q str,
 }
 
@@ -204,6 +217,21 @@ mod tests {
             let parsed: Vec<_> = form_urlencoded::parse(raw.as_bytes()).collect();
             assert_eq!(split, parsed, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn without_sign_drops_only_the_sign() {
+        for (raw, expected) in [
+            ("SdkAppid=1&Sign=abc&RequestTime=2", "SdkAppid=1&RequestTime=2"),
+            ("?Sign=abc&SdkAppid=1", "SdkAppid=1"),
+            ("SdkAppid=1&Si%67n=abc&RequestTime=2", "SdkAppid=1&RequestTime=2"),
+            ("Sign&x=1", "x=1"),
+            ("SdkAppid=1&sign=keep&XSign=keep", "SdkAppid=1&sign=keep&XSign=keep"),
+            ("", ""),
+        ] {
+            assert_eq!(without_sign(raw), expected, "{raw}");
+        }
+        assert!(matches!(without_sign("SdkAppid=1"), Cow::Borrowed(_)));
     }
 
     #[test]

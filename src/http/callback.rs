@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::Method;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::sync::watch;
@@ -28,9 +28,9 @@ use crate::sink::{KafkaSink, Outgoing, SinkError};
 /// Why a callback was refused; each variant knows its HTTP status, Tencent ErrorCode and metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
-    /// The path is not the callback path.
-    #[error("no callback endpoint at this path; callbacks are POSTed to {0}")]
-    NotFound(String),
+    /// The path is not the callback path (which the answer does not reveal).
+    #[error("not found")]
+    NotFound,
     /// Callbacks are POSTed.
     #[error("method {0} not allowed; callbacks are POSTed")]
     MethodNotAllowed(Method),
@@ -73,7 +73,7 @@ impl EdgeError {
     /// HTTP status of the refusal.
     pub fn status(&self) -> u16 {
         match self {
-            EdgeError::NotFound(_) => 404,
+            EdgeError::NotFound => 404,
             EdgeError::MethodNotAllowed(_) => 405,
             EdgeError::SourceNotAllowed => 403,
             EdgeError::BodyTooLarge(_) => 413,
@@ -91,7 +91,7 @@ impl EdgeError {
     /// ErrorCode of the Tencent-format refusal.
     pub fn error_code(&self) -> u32 {
         match self {
-            EdgeError::NotFound(_) => 40400,
+            EdgeError::NotFound => 40400,
             EdgeError::MethodNotAllowed(_) => 40500,
             EdgeError::SourceNotAllowed => 40303,
             EdgeError::BodyTooLarge(_) => 41300,
@@ -106,10 +106,17 @@ impl EdgeError {
         }
     }
 
+    /// Whether the connection is closed after this refusal: a client that is not (or not yet proven to be) Tencent
+    /// does not keep a connection, and a body left unread cannot be skipped. Refusals of authentic callbacks
+    /// (unusable bodies, 503s) keep Tencent's kept-alive connection.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self.status(), 401 | 403 | 404 | 405 | 408 | 413)
+    }
+
     /// `outcome` label in `imcf_callbacks_total`.
     pub fn outcome_label(&self) -> &'static str {
         match self {
-            EdgeError::NotFound(_) => "not_found",
+            EdgeError::NotFound => "not_found",
             EdgeError::MethodNotAllowed(_) => "method_not_allowed",
             EdgeError::SourceNotAllowed => "source_not_allowed",
             EdgeError::BodyTooLarge(_) => "body_too_large",
@@ -205,11 +212,40 @@ impl Drop for Settle<'_> {
 /// State of the callback endpoint, shared by every connection.
 pub struct CallbackEdge {
     settings: EdgeSettings,
+    clock: AnchoredClock,
     replays: ReplayCache,
     in_flight: InFlight,
     sink: Arc<KafkaSink>,
     metrics: Arc<Metrics>,
     closed: AtomicBool,
+}
+
+/// How long the replay cache must remember a callback: as long as its `RequestTime` can be accepted. With
+/// whole seconds compared, a `RequestTime` is accepted during 2 × skew + 1 s of the acceptance clock, which runs at
+/// the monotonic clock's pace ([`AnchoredClock`]), as the cache does; one more second is margin.
+pub fn replay_retention(max_clock_skew: Duration) -> Duration {
+    max_clock_skew.saturating_mul(2).saturating_add(Duration::from_secs(2))
+}
+
+/// The clock `RequestTime` is checked against: the wall clock read once at start, advanced by the monotonic
+/// clock. A step of the wall clock after start (NTP, an operator) cannot reopen a `RequestTime`'s window beyond
+/// what the replay cache remembers; NTP's rate corrections still apply, as they apply to the monotonic clock.
+struct AnchoredClock {
+    wall: Duration,
+    started: Instant,
+}
+
+impl AnchoredClock {
+    fn new() -> Self {
+        AnchoredClock {
+            wall: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now_unix_secs(&self) -> i64 {
+        (self.wall + self.started.elapsed()).as_secs() as i64
+    }
 }
 
 /// How an accepted request is answered.
@@ -221,16 +257,21 @@ enum Accepted {
 impl CallbackEdge {
     /// An endpoint publishing through `sink`.
     pub fn new(settings: EdgeSettings, sink: Arc<KafkaSink>, metrics: Arc<Metrics>) -> Self {
-        // A replayed request carries the same RequestTime, which is accepted for twice the skew at most.
-        let retention = settings.apps.max_clock_skew().max(Duration::from_secs(1)) * 2;
+        let retention = replay_retention(settings.apps.max_clock_skew());
         CallbackEdge {
             settings,
+            clock: AnchoredClock::new(),
             replays: ReplayCache::new(retention, GENERATION_ENTRIES),
             in_flight: InFlight::default(),
             sink,
             metrics,
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// The `imcf_callbacks_total` series of `outcome`, for refusals made before a request is read (at accept).
+    pub fn outcome_counter(&self, outcome: &'static str) -> prometheus::IntCounter {
+        self.metrics.outcome_counter(outcome)
     }
 
     /// Stops handing events to Kafka: requests that still arrive get 503 and are not acknowledged.
@@ -241,6 +282,8 @@ impl CallbackEdge {
     /// Answers one request and counts its outcome.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let arrived = Instant::now();
+        // HTTP/2 has no Connection header (hyper would strip it); its connections end by their own limits.
+        let http1 = request.version() <= http::Version::HTTP_11;
         let (outcome, response) = match self.process(request, peer).await {
             Ok(Accepted::Ok(outcome)) => (outcome, answer::ok()),
             Ok(Accepted::Refused(refusal)) => {
@@ -248,7 +291,11 @@ impl CallbackEdge {
             }
             Err(err) => {
                 debug!(outcome = err.outcome_label(), reason = %err, "callback refused");
-                (err.outcome_label(), answer::fail(err.status(), err.error_code(), &err.to_string()))
+                let mut response = answer::fail(err.status(), err.error_code(), &err.to_string());
+                if http1 && err.closes_connection() {
+                    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                (err.outcome_label(), response)
             }
         };
         self.metrics.callback(outcome);
@@ -260,20 +307,24 @@ impl CallbackEdge {
         let settings = &self.settings;
         let (parts, body) = request.into_parts();
         if parts.uri.path() != settings.callback_path {
-            return Err(EdgeError::NotFound(settings.callback_path.clone()));
+            return Err(EdgeError::NotFound);
         }
         if parts.method != Method::POST {
             return Err(EdgeError::MethodNotAllowed(parts.method));
         }
-        if !settings.source.is_open() && !settings.source.allows(settings.source.client_ip(peer.ip(), &parts.headers)) {
+        if !settings.source.is_open()
+            && !settings.source.client_ip(peer.ip(), &parts.headers).is_some_and(|ip| settings.source.allows(ip))
+        {
             return Err(EdgeError::SourceNotAllowed);
         }
         let query = parts.uri.query().unwrap_or("");
         let received_at = SystemTime::now();
-        let now_unix = received_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let now_unix = self.clock.now_unix_secs();
         let raw_query = RawQuery::parse(query)?;
         let signature = self.replays.fingerprint((CaseFolded(raw_query.sign()), raw_query.request_time()));
         let authenticated = settings.apps.authenticate(raw_query, now_unix)?;
+        // An unsigned app's Sign and RequestTime are not verified, so they do not make the same body another callback.
+        let signature = if settings.apps.requires_sign(authenticated.sdk_app_id) { signature } else { 0 };
         let body = self.read_body(&parts, body).await?;
         if let Some(declared) = self.non_json_declaration(&authenticated) {
             let err = EdgeError::UnsupportedContentType(declared);
@@ -325,7 +376,16 @@ impl CallbackEdge {
             }
             Err(err) => {
                 claim.settle(false);
-                Err(err)
+                match answer {
+                    // A before-callback's refusal must hold whatever happened to its record: a 503 would let the
+                    // user's action through. The record is lost (Tencent does not send the callback again).
+                    Accepted::Refused(refusal) => {
+                        self.metrics.events_lost.inc();
+                        error!(event_id = normalized.event_id(), error = %err, "before-callback refused, but its record could not be handed to Kafka; record lost");
+                        Ok(Accepted::Refused(refusal))
+                    }
+                    Accepted::Ok(_) => Err(err),
+                }
             }
         }
     }
@@ -396,11 +456,30 @@ impl CallbackEdge {
             return Err(EdgeError::BodyTooLarge(limit));
         }
         let timeout = self.settings.body_read_timeout;
-        match tokio::time::timeout(timeout, Limited::new(body, limit as usize).collect()).await {
+        // One buffer, sized by Content-Length (at most the limit) and never grown past the limit: a body sent as
+        // many tiny chunks must not be held as many small allocations.
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let capacity = declared.map_or(16 * 1024, |length| length as usize).min(limit);
+        let read = async move {
+            let mut body = body;
+            let mut buffer = Vec::with_capacity(capacity);
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame.map_err(|_| EdgeError::BodyRead)?.into_data() else { continue };
+                if data.len() > limit - buffer.len() {
+                    return Err(EdgeError::BodyTooLarge(limit as u64));
+                }
+                if buffer.capacity() - buffer.len() < data.len() {
+                    // Grow by doubling, but never past the limit.
+                    let wanted = (buffer.len() + data.len()).max(buffer.capacity() * 2).min(limit);
+                    buffer.reserve_exact(wanted - buffer.len());
+                }
+                buffer.extend_from_slice(&data);
+            }
+            Ok(Bytes::from(buffer))
+        };
+        match tokio::time::timeout(timeout, read).await {
             Err(_) => Err(EdgeError::BodyTimeout(timeout.as_secs())),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(err)) if err.is::<LengthLimitError>() => Err(EdgeError::BodyTooLarge(limit)),
-            Ok(Err(_)) => Err(EdgeError::BodyRead),
+            Ok(result) => result,
         }
     }
 
@@ -415,6 +494,7 @@ impl CallbackEdge {
         let event_id = callback::event_id(authenticated.sdk_app_id, body);
         let sdk_app_id = authenticated.sdk_app_id.to_string();
         let reason = err.to_string();
+        let query = callback::without_sign(authenticated.raw);
         let received_at = humantime::format_rfc3339_millis(received_at).to_string();
         let content_type =
             parts.headers.get(CONTENT_TYPE).map(|value| value.as_bytes()).unwrap_or(b"application/octet-stream");
@@ -423,7 +503,7 @@ impl CallbackEdge {
             ("sdk_app_id", sdk_app_id.as_bytes()),
             ("reason", reason.as_bytes()),
             ("reason_code", err.outcome_label().as_bytes()),
-            ("query", authenticated.raw.as_bytes()),
+            ("query", query.as_bytes()),
             ("received_at", received_at.as_bytes()),
             ("content-type", content_type),
         ];
@@ -442,6 +522,33 @@ impl CallbackEdge {
                 self.metrics.events_lost.inc();
                 error!(%event_id, error = %sink_err, "dead letter could not be handed to Kafka; raw body lost");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_cache_outlives_the_acceptance_window() {
+        // A RequestTime T is accepted while the whole-second clock reads T - skew ..= T + skew: 2 x skew + 1 s.
+        for skew in [0, 1, 5, 60, 86_400] {
+            let skew = Duration::from_secs(skew);
+            assert!(replay_retention(skew) >= skew * 2 + Duration::from_secs(2), "{skew:?}");
+        }
+    }
+
+    #[test]
+    fn the_acceptance_clock_follows_the_wall_clock_at_the_monotonic_pace() {
+        let clock = AnchoredClock::new();
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!((clock.now_unix_secs() - wall).abs() <= 1);
+        let mut last = clock.now_unix_secs();
+        for _ in 0..1000 {
+            let now = clock.now_unix_secs();
+            assert!(now >= last);
+            last = now;
         }
     }
 }

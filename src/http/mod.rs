@@ -7,12 +7,13 @@ mod callback;
 mod replay;
 mod source;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,9 +43,27 @@ pub struct ConnectionLimits {
     pub keep_alive_timeout: Duration,
     /// Most connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Most connections from one client address at once; further ones are closed as soon as they are accepted.
+    pub max_connections_per_ip: usize,
     /// Also speak HTTP/2 (h2c prior knowledge); HTTP/1.1 only otherwise.
     pub http2: bool,
+    /// When set, a peer this policy does not allow is closed as soon as it is accepted, without an answer (only
+    /// meaningful when no trusted proxy speaks for other clients).
+    pub peer_allowlist: Option<SourcePolicy>,
+    /// When set, peers that are this policy's trusted proxies are exempt from `max_connections_per_ip`: an
+    /// ingress carries every client's connections.
+    pub proxies: Option<SourcePolicy>,
+    /// Counts the peers closed at accept by `peer_allowlist` (`imcf_callbacks_total{outcome="source_not_allowed"}`).
+    pub dropped_at_accept: Option<prometheus::IntCounter>,
 }
+
+/// hyper's read buffer limit (`max_buf_size`): a request head that does not fit gets 431. hyper checks it between
+/// reads, so a head is refused somewhere between this and twice this, and the buffer never holds more than twice
+/// this. Tencent's heads are well under 1 KiB; a body is read through the buffer in pieces, never whole.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Most header lines in one request head; more get 431.
+pub const MAX_HEADERS: usize = 64;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -52,7 +71,11 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(75),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             http2: false,
+            peer_allowlist: None,
+            proxies: None,
+            dropped_at_accept: None,
         }
     }
 }
@@ -73,7 +96,13 @@ pub async fn serve<H, Fut>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Header and idle timeouts are enforced per connection in `drive_connection`: hyper's own header timer also
     // runs while a kept-alive connection idles, which would cut idle connections at the header timeout.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
     if limits.http2 {
         builder.http2().timer(TokioTimer::new());
     } else {
@@ -82,6 +111,7 @@ pub async fn serve<H, Fut>(
     let builder = Arc::new(builder);
     let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max_connections));
+    let per_ip = Arc::new(PerIp { limit: limits.max_connections_per_ip.max(1), open: Mutex::new(HashMap::new()) });
     let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -101,6 +131,18 @@ pub async fn serve<H, Fut>(
             },
             () = &mut shutdown => break,
         };
+        if limits.peer_allowlist.as_ref().is_some_and(|policy| !policy.allows(source::canonical(peer.ip()))) {
+            debug!(listener = name, %peer, "peer outside --allow-cidr: closed at accept");
+            if let Some(counter) = &limits.dropped_at_accept {
+                counter.inc();
+            }
+            continue;
+        }
+        let exempt = limits.proxies.as_ref().is_some_and(|policy| policy.is_trusted_proxy(peer.ip()));
+        let Some(slot) = per_ip.clone().enter(peer.ip(), exempt) else {
+            debug!(listener = name, %peer, "too many connections from this address: closed at accept");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(drive_connection(
             builder.clone(),
@@ -109,7 +151,7 @@ pub async fn serve<H, Fut>(
             handler.clone(),
             limits.clone(),
             stopping.clone(),
-            permit,
+            (permit, slot),
         ));
     }
     drop(listener);
@@ -120,6 +162,50 @@ pub async fn serve<H, Fut>(
         info!(listener = name, open, "connections drained");
     } else {
         warn!(listener = name, open, "connections still open after the drain timeout");
+    }
+}
+
+/// Open connections per client address.
+struct PerIp {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// A slot for one more connection from `ip`, or `None` when it has `limit` open already (unless `exempt`).
+    fn enter(self: Arc<Self>, ip: IpAddr, exempt: bool) -> Option<PerIpSlot> {
+        let ip = source::canonical(ip);
+        if exempt {
+            return Some(PerIpSlot { per_ip: None, ip });
+        }
+        {
+            let mut open = self.open.lock().expect("per-ip lock");
+            let count = open.entry(ip).or_insert(0);
+            if *count >= self.limit {
+                return None;
+            }
+            *count += 1;
+        }
+        Some(PerIpSlot { per_ip: Some(self), ip })
+    }
+}
+
+/// One open connection of an address; given back when dropped.
+struct PerIpSlot {
+    per_ip: Option<Arc<PerIp>>,
+    ip: IpAddr,
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let Some(per_ip) = &self.per_ip else { return };
+        let mut open = per_ip.open.lock().expect("per-ip lock");
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -211,7 +297,7 @@ async fn drive_connection<H, Fut>(
     handler: H,
     limits: ConnectionLimits,
     mut stopping: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _permit: (OwnedSemaphorePermit, PerIpSlot),
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,

@@ -47,21 +47,49 @@ impl SourcePolicy {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
+    /// True when `peer` is a trusted proxy.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.trusted(canonical(peer))
+    }
+
     /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the right-most
-    /// `X-Forwarded-For` entry that is not itself a trusted proxy.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy (every header line counts, in order, as one
+    /// list). The list is walked from the right: trusted proxies are skipped, the first other entry is the client.
+    /// `None` when an entry met on the way does not parse as an IP address (empty, `ip:port`, garbage): a proxy
+    /// chain we cannot read is refused, never guessed at. Entries left of the client are the client's own words
+    /// and are not looked at. When every entry is a trusted proxy, the left-most one is the client.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = canonical(peer);
         if !self.trusted(peer) {
-            return peer;
+            return Some(peer);
         }
-        let forwarded: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map_while(|entry| entry.trim().parse::<IpAddr>().ok().map(canonical))
-            .collect();
-        forwarded.iter().rev().copied().find(|ip| !self.trusted(*ip)).or(forwarded.first().copied()).unwrap_or(peer)
+        let mut lines = headers.get_all("x-forwarded-for").iter().rev().peekable();
+        if lines.peek().is_none() {
+            return Some(peer);
+        }
+        let mut leftmost = peer;
+        for line in lines {
+            let line = line.to_str().ok()?;
+            for entry in line.rsplit(',') {
+                let ip = canonical(entry.trim().parse::<IpAddr>().ok()?);
+                if !self.trusted(ip) {
+                    return Some(ip);
+                }
+                leftmost = ip;
+            }
+        }
+        Some(leftmost)
+    }
+
+    /// True when trusted proxies are configured.
+    pub fn has_trusted_proxies(&self) -> bool {
+        !self.trusted_proxies.is_empty()
+    }
+
+    /// True when the peer itself must be inside the allowlist: an allowlist and no trusted proxy, so that a
+    /// disallowed peer can be dropped as soon as it connects.
+    pub fn checks_peers_at_accept(&self) -> bool {
+        !self.allow.is_empty() && self.trusted_proxies.is_empty()
     }
 
     /// True when `client` may post callbacks.
@@ -75,7 +103,8 @@ impl SourcePolicy {
     }
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
+/// An IPv4-mapped IPv6 address as the IPv4 address it is; others unchanged.
+pub(super) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
@@ -102,13 +131,36 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let policy = SourcePolicy::new(&["203.0.113.0/24".into()], &["10.0.0.0/8".into()]).unwrap();
         let forged = headers(&["203.0.113.7"]);
-        assert_eq!(policy.client_ip(ip("198.51.100.1"), &forged), ip("198.51.100.1"));
-        assert!(!policy.allows(policy.client_ip(ip("198.51.100.1"), &forged)));
-        assert_eq!(policy.client_ip(ip("10.1.2.3"), &forged), ip("203.0.113.7"));
+        assert_eq!(policy.client_ip(ip("198.51.100.1"), &forged), Some(ip("198.51.100.1")));
+        assert!(!policy.allows(policy.client_ip(ip("198.51.100.1"), &forged).unwrap()));
+        assert_eq!(policy.client_ip(ip("10.1.2.3"), &forged), Some(ip("203.0.113.7")));
         // A client-supplied entry left of the real one does not win.
         let chained = headers(&["203.0.113.9, 198.51.100.5", "10.0.0.2"]);
-        assert_eq!(policy.client_ip(ip("10.1.2.3"), &chained), ip("198.51.100.5"));
-        assert_eq!(policy.client_ip(ip("::ffff:10.1.2.3"), &forged), ip("203.0.113.7"));
+        assert_eq!(policy.client_ip(ip("10.1.2.3"), &chained), Some(ip("198.51.100.5")));
+        assert_eq!(policy.client_ip(ip("::ffff:10.1.2.3"), &forged), Some(ip("203.0.113.7")));
+    }
+
+    #[test]
+    fn an_entry_that_does_not_parse_on_the_way_to_the_client_is_refused() {
+        let policy = SourcePolicy::new(&["203.0.113.0/24".into()], &["10.0.0.0/8".into()]).unwrap();
+        let proxy = ip("10.1.2.3");
+        for xff in [
+            &["203.0.113.7, x"][..],
+            &["203.0.113.7,"],
+            &["203.0.113.7:80"],
+            &["203.0.113.7, 10.0.0.9:80"],
+            &["203.0.113.7", "x"],
+            &["203.0.113.7", ""],
+            &["[2001:db8::1]"],
+        ] {
+            assert_eq!(policy.client_ip(proxy, &headers(xff)), None, "{xff:?}");
+        }
+        assert_eq!(policy.client_ip(proxy, &headers(&["x, 203.0.113.7, 10.0.0.1"])), Some(ip("203.0.113.7")));
+        assert_eq!(policy.client_ip(proxy, &headers(&["10.0.0.7, 10.0.0.1"])), Some(ip("10.0.0.7")));
+        assert_eq!(policy.client_ip(proxy, &headers(&[])), Some(proxy));
+        assert!(!policy.checks_peers_at_accept());
+        assert!(SourcePolicy::new(&["203.0.113.0/24".into()], &[]).unwrap().checks_peers_at_accept());
+        assert!(!SourcePolicy::default().checks_peers_at_accept());
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl Proc {
     pub fn start_with_env(label: &str, bootstrap: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         let mut cmd = forwarder::command();
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--kafka-brokers", bootstrap, "--sdk-app-id", APP_ID])
+            .args(["--kafka-brokers", bootstrap, "--sdk-app-id", APP_ID, "--allow-unsigned"])
             .args(extra)
             .envs(envs.iter().copied());
         let forwarder::Listening { child, output, callback_addr, admin_addr } =

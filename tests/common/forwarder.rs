@@ -230,6 +230,7 @@ impl Forwarder {
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Forwarder {
         let mut cmd = command();
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"]).args(args);
+        cmd.arg("--allow-unsigned"); // tests run unsigned apps on purpose (a flag given twice is fine)
         for (k, v) in envs {
             cmd.env(k, v);
         }
