@@ -380,12 +380,23 @@ fn mock_cluster_faults_are_retried_and_show_in_metrics() {
     let load = Load::start(&fwd.callback_url(), "mock", 2, 100, 5000);
     load.wait_acked(50, Duration::from_secs(15));
 
-    // Retriable Produce errors: the next requests fail, whichever broker leads.
+    // Retriable Produce errors: the next requests fail, whichever broker leads. The retries and errors they
+    // cause must show while this phase runs (statistics every 500 ms), not merely by the end of the test.
+    let retries_and_errors = |m: &Metrics| {
+        sum_series(m, "imcf_kafka_broker_request_retries_total")
+            + sum_series(m, "imcf_kafka_broker_request_errors_total")
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    let before_errors = retries_and_errors(&fwd.scrape());
     let mut errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 4];
     errors.extend([RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 4]);
     errors.extend([RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT; 2]);
     cluster.request_errors(RDKafkaApiKey::Produce, &errors);
     load.wait_acked(100, Duration::from_secs(15));
+    let during_errors = common::poll_until(Duration::from_secs(3), Duration::from_millis(250), || {
+        let now = retries_and_errors(&fwd.scrape());
+        (now > before_errors).then_some(now)
+    });
 
     // A slow cluster.
     cluster.broker_round_trip_time(-1, Duration::from_millis(300)).expect("rtt");
@@ -424,6 +435,9 @@ fn mock_cluster_faults_are_retried_and_show_in_metrics() {
             m.series("imcf_kafka_broker_request_retries_total"),
             m.series("imcf_kafka_broker_request_errors_total")
         )
+    });
+    checks.check(during_errors.is_some(), || {
+        format!("the injected Produce errors left no retry or error in /metrics (before: {before_errors})")
     });
     eprintln!("mock cluster faults: broker retries + errors {shown:?}, rtt p99 {rtt:?} s during {slow_for:?}");
     checks.check(rtt.is_some(), || format!("no broker rtt >= 0.2 s in /metrics during {slow_for:?} at 300 ms"));

@@ -1021,10 +1021,10 @@ fn metrics_count_a_known_sequence() {
 #[test]
 fn readiness_and_health_name_kafkas_state() {
     let (_broker, fwd) = setup(&[]);
+    let ready = fwd.wait_ready(Duration::from_secs(20));
     let health = http::get(&fwd.admin_url("/healthz"));
     assert_eq!(health.status, 200, "/healthz: {health:?}");
     assert!(health.text().starts_with("ok; kafka: "), "/healthz names Kafka's state: {:?}", health.text());
-    let ready = fwd.wait_ready(Duration::from_secs(20));
     assert!(ready.text().starts_with("ready; kafka: "), "/readyz body: {:?}", ready.text());
     let m = metrics::scrape_until(&fwd.admin_addr, "imcf_kafka_ready{reason=\"ok\"}", Duration::from_secs(20), |v| {
         v == 1.0

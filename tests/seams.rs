@@ -41,9 +41,19 @@ const SEAMS: &[&str] = &[
 fn disk_flags(spool: &str) -> Vec<String> {
     let mut flags: Vec<String> = FAST_KAFKA.iter().map(|s| s.to_string()).collect();
     flags.extend(
-        ["--durability", "disk", "--spool-dir", spool, "--spool-max-bytes", "1048576", "--shutdown-timeout", "2"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "--durability",
+            "disk",
+            "--spool-dir",
+            spool,
+            "--spool-max-bytes",
+            "1048576",
+            "--shutdown-timeout",
+            "2",
+            "--allow-unsigned",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     flags
 }
