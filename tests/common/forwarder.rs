@@ -114,9 +114,10 @@ pub fn read_lines(pipe: impl Read + Send + 'static, stream: &'static str, output
     })
 }
 
-/// The forwarder's `Command` with a clean environment: no inherited IMCF_* variables.
+/// The forwarder's `Command` with a clean environment: no inherited IMCF_* variables. `IMCF_TEST_BIN` names
+/// another binary to run the same tests against (e.g. an older build, to show that a new test fails there).
 pub fn command() -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(std::env::var_os("IMCF_TEST_BIN").unwrap_or_else(|| BIN.into()));
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("IMCF_") {
             cmd.env_remove(k);
