@@ -19,11 +19,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::RDKafkaApiKey;
-use rdkafka::ClientConfig;
 use serde_json::Value;
 
 use super::forwarder::{self, Output};
@@ -607,18 +606,7 @@ pub fn checkpoint_and_kill(fwd: &Proc, broker: &mut Tansu) -> Consumed {
     // A produce request already on the wire when the forwarder froze can still be appended, even after the
     // marker (the broker serves connections concurrently): give it time, and read on past the marker.
     std::thread::sleep(Duration::from_millis(300));
-    let marker = format!("marker-{}", tencent::now_ms());
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .expect("marker producer");
-    let headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some(marker.as_bytes()) });
-    producer
-        .send(BaseRecord::<[u8], [u8]>::to(TOPIC).partition(0).payload(b"marker").headers(headers))
-        .map_err(|(e, _)| e)
-        .expect("send marker");
-    producer.flush(Duration::from_secs(10)).expect("marker delivered");
+    let marker = kafka::produce_marker(&broker.addr, TOPIC);
     let (_, partitions) = kafka::consumer_from_start(&broker.addr, TOPIC, Duration::from_secs(10));
     assert_eq!(partitions, 1, "the marker proves order only on a single partition");
     let mut before = consume_until(&broker.addr, TOPIC, Duration::from_secs(20), Duration::from_secs(1), |c| {
