@@ -1241,3 +1241,76 @@ fn sigterm_turns_unready_and_reports_what_kafka_did_not_take() {
 fn without_sign(query: &str) -> String {
     query.split('&').filter(|pair| !pair.starts_with("Sign=")).collect::<Vec<_>>().join("&")
 }
+
+/// The Java client's `Utils.murmur2`, written from its source, as the oracle of the partition test.
+fn java_murmur2(data: &[u8]) -> i32 {
+    const M: i32 = 0x5bd1_e995;
+    let mut h: i32 = 0x9747_b28c_u32 as i32 ^ data.len() as i32;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = i32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= ((k as u32) >> 24) as i32;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if !tail.is_empty() {
+        for (i, byte) in tail.iter().enumerate().rev() {
+            h ^= i32::from(*byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= ((h as u32) >> 13) as i32;
+    h = h.wrapping_mul(M);
+    h ^= ((h as u32) >> 15) as i32;
+    h
+}
+
+/// The partition the Java producer's default partitioner picks for a keyed record.
+fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (java_murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+#[test]
+fn java_murmur2_matches_kafkas_own_known_answers() {
+    // Kafka's UtilsTest.testMurmur2.
+    let cases: [(&[u8], i32); 6] = [
+        (b"21", -973_932_308),
+        (b"foobar", -790_332_482),
+        (b"a-little-bit-long-string", -985_981_536),
+        (b"a-little-bit-longer-string", -1_486_304_829),
+        (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+        (b"abc", 479_470_107),
+    ];
+    for (data, expected) in cases {
+        assert_eq!(java_murmur2(data), expected, "murmur2({:?})", String::from_utf8_lossy(data));
+    }
+}
+
+#[test]
+fn group_ids_land_on_the_partitions_the_java_client_picks() {
+    let broker = Broker::start();
+    common::broker::create_topics_with_partitions(&broker.addr, &[TOPIC], 12);
+    broker.create_topics(&[DEAD_LETTER_TOPIC]);
+    let fwd = Forwarder::for_broker(&broker, &[]);
+    fwd.wait_ready(Duration::from_secs(20));
+    let groups: Vec<String> = (0..48).map(|i| format!("@TGS#java-{i}")).collect();
+    for (i, group) in groups.iter().enumerate() {
+        let body = format!(
+            r#"{{"CallbackCommand":"Group.CallbackSendMsgException","GroupId":"{group}","Type":"Public","Random":{i},"ErrorCode":10023}}"#
+        );
+        assert_ok(group, &fwd.post(&query(APP_ID, EXCEPTION, None), body.as_bytes()));
+    }
+    let records = broker.consume(TOPIC, groups.len(), CONSUME_TIMEOUT);
+    assert_eq!(records.len(), groups.len(), "records in {TOPIC}");
+    let mut checks = Checks::default();
+    let used: BTreeSet<i32> = records.iter().map(|r| r.partition).collect();
+    checks.check(used.len() > 6, || format!("48 groups on only {} of 12 partitions", used.len()));
+    for record in &records {
+        let key = record.key_str();
+        checks.eq(&format!("partition of {key}"), record.partition, java_partition(key.as_bytes(), 12));
+    }
+    checks.finish();
+}

@@ -418,6 +418,8 @@ impl CallbackEdge {
             Normalized::Exception(event) => (event.to_json(), event.group_id(), SCHEMA_V1),
             Normalized::Callback(envelope) => (envelope.to_json(), envelope.record_key(), SCHEMA_CALLBACK_V1),
         };
+        // Never an empty key: partitioners treat it as "no key" and scatter the group's events.
+        let key = if key.is_empty() { normalized.event_id() } else { key };
         let headers: [(&str, &[u8]); 5] = [
             ("event_id", normalized.event_id().as_bytes()),
             ("sdk_app_id", sdk_app_id.as_bytes()),

@@ -191,9 +191,15 @@ pub fn tansu_command(bin: &Path, url: &str, cluster_id: &str, dir: &Path, log: F
 /// Creates topics with rdkafka's AdminClient (1 partition, replication 1; existing ones are fine) and waits
 /// until the broker's metadata lists them.
 pub fn create_topics(addr: &str, topics: &[&str]) {
+    create_topics_with_partitions(addr, topics, 1);
+}
+
+/// [`create_topics`] with `partitions` partitions each.
+pub fn create_topics_with_partitions(addr: &str, topics: &[&str], partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", addr).create().expect("admin client");
-    let new_topics: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+    let new_topics: Vec<NewTopic> =
+        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
         .operation_timeout(Some(Duration::from_secs(10)));
