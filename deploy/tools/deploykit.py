@@ -713,6 +713,7 @@ def cmd_validate_k8s(args):
     if sc.get("capabilities", {}).get("drop") != ["ALL"]:
         fail("capabilities.drop is not [ALL]")
     check_resources(c, env_cm)
+    check_per_ip(env_cm)
     cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop = int(cmd[1]) if len(cmd) == 2 and cmd[0] == "sleep" else None
     if pre_stop is None:
@@ -813,13 +814,23 @@ PRUNE_LABEL = ("app.kubernetes.io/part-of", "im-callback-forwarder")
 # The slowest spool recovery the startup probe must wait for: a full spool read at this rate.
 SPOOL_RECOVERY_BYTES_PER_S = 4 * 1024 * 1024
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
-# The memory budget (README "Kubernetes"), in bytes.
+DEFAULT_MAX_CONNECTIONS_PER_IP = 256  # the binary's --max-connections-per-ip default
+# The memory budget (README "Memory budget"), in bytes.
 MiB, KiB = 1024 * 1024, 1024
 MEMORY_BUDGET = {
     "replay cache (2 generations x 9 MiB)": 18 * MiB,
-    "base (runtime, tokio, librdkafka threads, metrics)": 40 * MiB,
+    "base (code, runtime, metrics, librdkafka threads and buffers, spool writer)": 40 * MiB,
 }
-READ_BUFFER_BYTES = 64 * KiB  # per connection, worst case
+# Per callback connection, worst case, besides 2 x IMCF_MAX_BODY_BYTES (the body, read into one buffer of at most
+# that size, and the event built from it, about the body's size): hyper's read buffer, at most 2 x MAX_HEAD_BYTES =
+# 128 KiB (src/http/mod.rs), + ~1 KiB of event envelope + ~31 KiB of connection state, task and answer. From the
+# edge hardening's estimate (issue 11; README "Memory"): 160 KiB + 2 x IMCF_MAX_BODY_BYTES, 288 KiB at 64 KiB bodies.
+CONNECTION_FIXED_BYTES = 160 * KiB
+# librdkafka's own overhead per queued message (its rd_kafka_msg_t and the record's headers), about 300 B, on top of
+# queue.buffering.max.kbytes of payload, for up to queue.buffering.max.messages: ~29 MiB at the default 100000.
+KAFKA_MESSAGE_OVERHEAD_BYTES = 300
+KAFKA_DEFAULT_KBYTES = 65536        # librdkafka's queue.buffering.max.kbytes default (64 MiB)
+KAFKA_DEFAULT_MESSAGES = 100000     # librdkafka's queue.buffering.max.messages default
 PLACEHOLDER_RE = re.compile(r"change-?me|placeholder|example|<[^>]*>|xxx", re.I)
 
 
@@ -842,16 +853,21 @@ def cpu_millis(q):
 
 def memory_budget(env_cm):
     """The pod's worst-case memory from its configuration: {item: bytes}."""
-    kbytes = 65536
+    kbytes, messages = KAFKA_DEFAULT_KBYTES, KAFKA_DEFAULT_MESSAGES
     for line in env_cm.get("IMCF_KAFKA_PROPERTY", "").splitlines():
-        if line.strip().startswith("queue.buffering.max.kbytes="):
-            kbytes = int(line.split("=", 1)[1])
+        key, _, value = line.strip().partition("=")
+        if key.strip() == "queue.buffering.max.kbytes":
+            kbytes = int(value)
+        elif key.strip() == "queue.buffering.max.messages":
+            messages = int(value)
     conns = int(env_cm.get("IMCF_MAX_CONNECTIONS", 10000))
     body = int(env_cm.get("IMCF_MAX_BODY_BYTES", 65536))
-    budget = {f"producer queue (queue.buffering.max.kbytes {kbytes})": kbytes * KiB}
+    budget = {f"producer queue (queue.buffering.max.kbytes {kbytes})": kbytes * KiB,
+              f"producer queue overhead (queue.buffering.max.messages {messages} x {KAFKA_MESSAGE_OVERHEAD_BYTES} B)":
+                  messages * KAFKA_MESSAGE_OVERHEAD_BYTES}
     budget.update(MEMORY_BUDGET)
-    budget[f"IMCF_MAX_CONNECTIONS {conns} x (64 KiB read buffer + IMCF_MAX_BODY_BYTES {body})"] = \
-        conns * (READ_BUFFER_BYTES + body)
+    budget[f"IMCF_MAX_CONNECTIONS {conns} x ({CONNECTION_FIXED_BYTES // KiB} KiB + 2 x IMCF_MAX_BODY_BYTES {body})"] = \
+        conns * (CONNECTION_FIXED_BYTES + 2 * body)
     return budget
 
 
@@ -875,6 +891,22 @@ def check_resources(c, env_cm):
     if not failures:
         ok(f"Guaranteed QoS (requests == limits: cpu {lim['cpu']}, memory {lim['memory']}), memory limit >= "
            f"budget {total / MiB:.0f} MiB")
+
+
+def check_per_ip(env_cm):
+    """Behind the Ingress every callback connection comes from one of a few ingress controller pods: unless they are
+    IMCF_TRUSTED_PROXY (exempt from it), IMCF_MAX_CONNECTIONS_PER_IP must not hold one of them below
+    IMCF_MAX_CONNECTIONS (the surplus would be closed at accept)."""
+    conns = int(env_cm.get("IMCF_MAX_CONNECTIONS", 10000))
+    per_ip = int(env_cm.get("IMCF_MAX_CONNECTIONS_PER_IP", DEFAULT_MAX_CONNECTIONS_PER_IP))
+    if env_cm.get("IMCF_TRUSTED_PROXY"):
+        ok(f"the ingress controllers (IMCF_TRUSTED_PROXY) are exempt from IMCF_MAX_CONNECTIONS_PER_IP {per_ip}")
+    elif per_ip < conns:
+        fail(f"IMCF_MAX_CONNECTIONS_PER_IP {per_ip} < IMCF_MAX_CONNECTIONS {conns} without IMCF_TRUSTED_PROXY: one "
+             "ingress controller pod, which carries many clients' connections, would be closed at accept past it")
+    else:
+        ok(f"IMCF_MAX_CONNECTIONS_PER_IP {per_ip} >= IMCF_MAX_CONNECTIONS {conns} (one ingress controller pod may "
+           "carry them all)")
 
 
 def check_startup(c, env_cm):
@@ -1158,6 +1190,7 @@ IMCF_ENV = {
     "IMCF_ROUTE", "IMCF_UNROUTED", "IMCF_REFUSE_BEFORE_CALLBACKS", "IMCF_HEADER_READ_TIMEOUT",
     "IMCF_BODY_READ_TIMEOUT", "IMCF_KEEP_ALIVE_TIMEOUT", "IMCF_MAX_CONNECTIONS", "IMCF_HTTP2",
     "IMCF_MAX_CLOCK_SKEW", "IMCF_DURABILITY", "IMCF_SPOOL_DIR", "IMCF_SPOOL_MAX_BYTES",
+    "IMCF_ALLOW_UNSIGNED", "IMCF_MAX_CONNECTIONS_PER_IP",
 }
 
 
@@ -1224,6 +1257,21 @@ def cmd_check_dockerfile(_args):
     if not failures:
         ok(f"Dockerfile: {froms[0]} -> {froms[1]}, cargo build --release --locked, USER {users[-1]}, "
            f"EXPOSE 8080 9090, OCI labels, runtime packages {sorted(RUNTIME_PACKAGES)}")
+
+
+def env_true(v):
+    """A boolean flag's environment value as clap reads it: false only for n, no, f, false, off, 0 and ''."""
+    return v is not None and str(v).strip().lower() not in ("n", "no", "f", "false", "off", "0", "")
+
+
+def starts_unsigned_ok(env):
+    """Whether the binary would start: an app without a token (issue 11) needs a token source, --allow-cidr, or
+    --allow-unsigned (implied by --dev). An apps file or an IMCF_APP list may still hold a tokenless app: not
+    judged here."""
+    token = any(env.get(k) for k in ("IMCF_CALLBACK_TOKEN", "IMCF_CALLBACK_TOKEN_FILE", "IMCF_APPS_FILE")) \
+        or ":" in str(env.get("IMCF_APP", ""))
+    return token or bool(env.get("IMCF_ALLOW_CIDR")) or env_true(env.get("IMCF_ALLOW_UNSIGNED")) \
+        or env_true(env.get("IMCF_DEV"))
 
 
 def cmd_check_compose(args):
@@ -1310,6 +1358,9 @@ def cmd_check_compose(args):
         runtime = open(DOCKERFILE).read().split("AS runtime", 1)[-1]
         if not re.search(r"install -d -o 10001 -g 10001 (?:-m \d+ )?" + re.escape(spool_dir.rstrip("/")) + r"\b", runtime):
             fail(f"deploy/Dockerfile's runtime stage must create {spool_dir} owned by 10001:10001 (install -d -o 10001 -g 10001)")
+    if not starts_unsigned_ok(env):
+        fail("the forwarder has no callback token (IMCF_CALLBACK_TOKEN, _FILE, IMCF_APP ID:TOKEN, IMCF_APPS_FILE), "
+             "no IMCF_ALLOW_CIDR and no IMCF_ALLOW_UNSIGNED: the binary refuses to start unsigned")
     grace = fwd.get("stop_grace_period", "10s")
     if int(str(grace).rstrip("s")) < int(env.get("IMCF_SHUTDOWN_TIMEOUT", 30)) + GRACE_MARGIN:
         fail(f"forwarder stop_grace_period {grace} must be at least IMCF_SHUTDOWN_TIMEOUT + {GRACE_MARGIN} s")
@@ -1455,6 +1506,9 @@ def cmd_selftest(args):
         ("a startup probe too short for a full spool", mutate("Deployment", lambda d: c0(d)["startupProbe"].update(failureThreshold=12))),
         ("Burstable QoS (memory request < limit)", mutate("Deployment", lambda d: c0(d)["resources"]["requests"].update(memory="64Mi"))),
         ("a memory limit below the budget (10000 connections)", mutate("ConfigMap", lambda d: d["data"].update(IMCF_MAX_CONNECTIONS="10000"))),
+        ("a per-address limit below IMCF_MAX_CONNECTIONS behind the Ingress", mutate("ConfigMap", lambda d: d["data"].pop("IMCF_MAX_CONNECTIONS_PER_IP"))),
+        ("a memory limit below the budget (queue.buffering.max.messages 1000000: 286 MiB of overhead)",
+         mutate("ConfigMap", lambda d: d["data"].update(IMCF_KAFKA_PROPERTY="queue.buffering.max.messages=1000000"))),
         ("the token as an environment variable",
          mutate("Deployment", lambda d: c0(d)["env"].append({"name": "IMCF_CALLBACK_TOKEN", "valueFrom": {"secretKeyRef": {"name": "im-callback-forwarder", "key": "callback-token"}}}))),
         ("a token file path that is not the mounted Secret key", mutate("ConfigMap", lambda d: d["data"].update(IMCF_CALLBACK_TOKEN_FILE="/etc/imcf/token"))),
@@ -1552,7 +1606,8 @@ def cmd_selftest(args):
     for label, needle in (("no spool resize procedure", "--cascade=orphan"),
                           ("a prune without the HPA in its allowlist", "--prune-allowlist=autoscaling/v2/HorizontalPodAutoscaler"),
                           ("no word on what an emptyDir spool does not survive", "does not survive"),
-                          ("no memory budget total", "250 MiB")):
+                          ("no memory budget total",
+                           f"{sum(memory_budget(next(d for d in load_yaml_all(rendered) if d['kind'] == 'ConfigMap')['data']).values()) / MiB:.0f} MiB")):
         README = os.path.join(tmp, "README.md")
         with open(README, "w") as f:
             f.write(text.replace(needle, "..."))
@@ -1565,6 +1620,10 @@ def cmd_selftest(args):
                       ("a forwarder that does not wait for topic creation", lambda c: c["services"]["forwarder"].pop("depends_on")),
                       ("a spool not on a named volume", lambda c: c["services"]["forwarder"].pop("volumes", None)),
                       ("disk durability without a spool dir", lambda c: c["services"]["forwarder"]["environment"].pop("IMCF_SPOOL_DIR")),
+                      ("no token and no IMCF_ALLOW_UNSIGNED (the binary refuses to start)",
+                       lambda c: c["services"]["forwarder"]["environment"].pop("IMCF_ALLOW_UNSIGNED")),
+                      ("IMCF_ALLOW_UNSIGNED: \"false\" without a token",
+                       lambda c: c["services"]["forwarder"]["environment"].update(IMCF_ALLOW_UNSIGNED="false")),
                       ("a stop grace period under IMCF_SHUTDOWN_TIMEOUT + 15 s", lambda c: c["services"]["forwarder"].update(stop_grace_period="40s"))):
         c = copy.deepcopy(cbase)
         fn(c)
