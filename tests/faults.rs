@@ -140,7 +140,8 @@ fn broker_killed_mid_stream_and_restarted_delivers_everything() {
     load.wait_acked(200, Duration::from_secs(15));
     let before = checkpoint_and_kill(&fwd, &mut broker);
     let at_kill = load.acked_count();
-    std::thread::sleep(Duration::from_secs(2));
+    // Callbacks keep being acknowledged while the broker is down (wait_acked fails the test otherwise).
+    load.wait_acked(100, Duration::from_secs(15));
     let acked_while_down = load.acked_count() - at_kill;
     broker.start_with_topics();
     load.wait_acked(200, Duration::from_secs(15));
@@ -177,12 +178,11 @@ fn outage_longer_than_the_message_timeout_is_delivered_from_the_spool() {
     let load = Load::start(&fwd.callback_url(), "long-outage", 2, 100, 5000);
     load.wait_acked(100, Duration::from_secs(15));
     let before = checkpoint_and_kill(&fwd, &mut broker);
-    // Twice message.timeout.ms: records queued at the start of the outage fail and go to the spool.
-    std::thread::sleep(Duration::from_secs(4));
+    // Records queued at the start of the outage time out (message.timeout.ms 2 s) and go to the spool.
     let spooled = common::metrics::scrape_until(
         &fwd.admin_addr,
         "imcf_spooled_total{reason=\"delivery_failed\"}",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         |v| v > 0.0,
     );
     broker.start_with_topics();
@@ -460,11 +460,11 @@ fn idempotent_producer_survives_an_outage_longer_than_the_message_timeout() {
     load.wait_acked(100, Duration::from_secs(15));
 
     cluster.broker_down(-1).expect("brokers down");
-    std::thread::sleep(Duration::from_secs(4));
+    // Records in the producer time out (message.timeout.ms 2 s) and go to the spool.
     let spooled = common::metrics::scrape_until(
         &fwd.admin_addr,
         "imcf_spooled_total{reason=\"delivery_failed\"}",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         |v| v > 0.0,
     );
     cluster.broker_up(-1).expect("brokers up");
