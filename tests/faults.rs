@@ -824,3 +824,63 @@ fn when_the_broker_dies_mid_run_the_instance_stays_ready_and_shows_kafka_down() 
     check_drained(&mut checks, "forwarder", &metrics);
     checks.finish();
 }
+
+/// A tmpfs of `bytes` mounted on a new temporary directory (needs root, as CI runs); unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a {bytes}-byte tmpfs failed ({status}): this test needs root, as CI has");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().expect("UTF-8 path")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_disk_that_fills_before_the_spool_limit_turns_the_instance_unready_and_loses_nothing() {
+    let disk = SmallDisk::mount(4 << 20);
+    let mut broker = Tansu::reserve();
+    // The spool may take 1 GiB, the disk under it has 4 MiB.
+    let fwd = Proc::start(
+        "forwarder",
+        &broker.addr,
+        &flags(&["--durability", "disk", "--spool-dir", disk.path(), "--spool-max-bytes", "1073741824"]),
+    );
+    fwd.wait_ready(READY_TIMEOUT);
+    let tally = send_callbacks(&fwd.callback_url(), "full-disk", 5000, 2000, 20);
+    let full = fwd.readyz();
+    broker.start_with_topics();
+    let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
+    let consumed = consume_acked(&broker.addr, &tally.acked, CONSUME_TIMEOUT);
+    let again = common::poll_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        (fwd.readyz().0 == 200).then_some(())
+    });
+
+    assert_all_delivered("disk full before the spool limit", &tally, &consumed);
+    let mut checks = Checks::default();
+    checks.check(tally.acked.len() > 500, || format!("only {} acknowledged on a 4 MiB disk", tally.acked.len()));
+    tally.assert_refusals_only("disk full", &[(503, 50300)]);
+    checks.check(full.0 == 503 && full.1.contains("disk under the spool is full"), || {
+        format!("/readyz on a full disk: {full:?}")
+    });
+    checks.check(again.is_some(), || format!("/readyz once the spool drained: {:?}", fwd.readyz()));
+    check_drained(&mut checks, "forwarder", &metrics);
+    checks.finish();
+}

@@ -691,8 +691,14 @@ impl KafkaSink {
     pub fn readiness(&self) -> Result<(), String> {
         match &self.spool {
             Some(spool) => {
-                if !spool.has_headroom(SPOOL_READY_HEADROOM_BYTES.min(spool.max_bytes() / 16)) {
+                let headroom = SPOOL_READY_HEADROOM_BYTES.min(spool.max_bytes() / 16);
+                if !spool.has_headroom(headroom) {
                     return Err("the disk spool is full".into());
+                }
+                if let Ok(free) = spool.free_disk_bytes() {
+                    if free < headroom {
+                        return Err(format!("the disk under the spool is full ({free} bytes free)"));
+                    }
                 }
             }
             None => {
