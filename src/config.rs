@@ -573,6 +573,7 @@ impl TryFrom<Args> for Config {
                 peer_allowlist,
                 proxies,
                 dropped_at_accept: None,
+                head_too_large: None,
             },
             body_read_timeout: Duration::from_secs(args.body_read_timeout),
             kafka,

@@ -207,6 +207,7 @@ impl App {
             move |request, peer| callback_handler.clone().handle(request, peer),
             ConnectionLimits {
                 dropped_at_accept: Some(edge.outcome_counter("source_not_allowed")),
+                head_too_large: Some(edge.outcome_counter("head_too_large")),
                 ..config.limits.clone()
             },
             async {

@@ -22,6 +22,7 @@ pub const OUTCOMES: &[&str] = &[
     "method_not_allowed",
     "source_not_allowed",
     "body_too_large",
+    "head_too_large",
     "body_read_failed",
     "body_timeout",
     "unsupported_content_type",

@@ -1443,6 +1443,13 @@ fn an_oversized_request_head_gets_431() {
     let mut stream = conn::connect(addr, Duration::from_secs(5));
     let reply = send_and_read(&mut stream, head.as_bytes());
     assert_eq!(reply.as_ref().map(|r| r.status).ok(), Some(431), "{reply:?}");
+    let counted = metrics::scrape_until(
+        &fwd.admin_addr,
+        "imcf_callbacks_total{outcome=\"head_too_large\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    assert_eq!(counted.get("imcf_callbacks_total{outcome=\"head_too_large\"}"), Some(1.0), "the 431 is counted");
 }
 
 #[test]
@@ -1522,4 +1529,74 @@ fn values_no_consumer_can_hold_are_refused_and_dead_lettered() {
     let m = metrics::scrape(&fwd.admin_addr);
     checks.eq("dead letters", m.get("imcf_dead_letters_total"), Some(f64::from(n)));
     checks.finish();
+}
+
+/// The README's per-connection worst case (Security, "Memory"): 160 KiB plus twice `--max-body-bytes`.
+const CONNECTION_BUDGET_BYTES: u64 = 160 * 1024 + 2 * 65_536;
+
+#[test]
+fn memory_stays_within_the_per_connection_budget_under_hostile_clients() {
+    const N: usize = 256;
+    let fwd = dev(&[
+        "--callback-token",
+        TOKEN,
+        "--max-connections",
+        "512",
+        "--max-connections-per-ip",
+        "512",
+        "--header-read-timeout",
+        "60",
+        "--body-read-timeout",
+        "60",
+    ]);
+    let addr = fwd.callback_addr.clone();
+    let path = path_for(APP_ID, EXCEPTION, Some(TOKEN));
+    // Lazily allocated parts exist after one callback.
+    let warm = raw_post(&fwd, &path, Some("application/json"), "", &exception_body("@TGS#warm", ""));
+    assert_eq!(warm.status, 200, "{warm:?}");
+    let before = fwd.rss_bytes();
+
+    // Half send a 390 KiB request head and stop there (hyper's default buffer would hold all of it); half
+    // announce a chunked body and send all but one byte of a 64 KiB body in 1-byte chunks, then stop. Each is
+    // held open, as a hostile client would. A write the server cut short (431, close) is fine.
+    let mut held = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut stream = conn::connect(&addr, Duration::from_secs(10));
+        let request = if i % 2 == 0 {
+            format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Padding: {}", "a".repeat(390 * 1024)).into_bytes()
+        } else {
+            let mut r =
+                format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+            for _ in 0..65_535 {
+                r.extend_from_slice(b"1\r\na\r\n");
+            }
+            r
+        };
+        let _ = stream.write_all(&request);
+        held.push(stream);
+    }
+    // The server reads what was sent within a moment; the peak over a few seconds is what counts.
+    let mut peak = before;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(200));
+        peak = peak.max(fwd.rss_bytes());
+    }
+    let growth = peak.saturating_sub(before);
+    let budget = N as u64 * CONNECTION_BUDGET_BYTES;
+    eprintln!(
+        "RSS {:.1} MiB before, {:.1} MiB peak with {N} hostile connections: {:.0} KiB each (budget {} KiB each)",
+        before as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        growth as f64 / 1024.0 / N as f64,
+        CONNECTION_BUDGET_BYTES / 1024
+    );
+    let mut checks = Checks::default();
+    checks.check(growth <= budget, || {
+        format!("RSS grew {growth} bytes with {N} hostile connections, over the budget of {budget}")
+    });
+    // And the instance still serves.
+    let reply = raw_post(&fwd, &path, Some("application/json"), "", &exception_body("@TGS#after-hostile", ""));
+    checks.eq("a callback after the hostile clients", reply.status, 200);
+    checks.finish();
+    drop(held);
 }

@@ -125,7 +125,7 @@ OUTCOMES = [
     "missing_command", "command_mismatch", "unavailable",
     # Routing, replay cache, source allowlist, read timeouts, content type, disk spool.
     "routed", "replayed", "before_refused", "unrouted", "source_not_allowed", "body_timeout",
-    "unsupported_content_type", "spool_full",
+    "unsupported_content_type", "spool_full", "head_too_large",
 ]
 # Outcomes answered 200 (the others are refusals; `unrouted` is a 404 with --unrouted reject, and
 # `before_refused` is a 200 that tells Tencent to refuse the user's action, not a refused callback).

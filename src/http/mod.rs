@@ -55,6 +55,9 @@ pub struct ConnectionLimits {
     pub proxies: Option<SourcePolicy>,
     /// Counts the peers closed at accept by `peer_allowlist` (`imcf_callbacks_total{outcome="source_not_allowed"}`).
     pub dropped_at_accept: Option<prometheus::IntCounter>,
+    /// Counts the requests whose head hyper refused as too large with its own 431
+    /// (`imcf_callbacks_total{outcome="head_too_large"}`).
+    pub head_too_large: Option<prometheus::IntCounter>,
 }
 
 /// hyper's read buffer limit (`max_buf_size`): a request head that does not fit gets 431. hyper checks it between
@@ -76,6 +79,7 @@ impl Default for ConnectionLimits {
             peer_allowlist: None,
             proxies: None,
             dropped_at_accept: None,
+            head_too_large: None,
         }
     }
 }
@@ -338,6 +342,11 @@ async fn drive_connection<H, Fut>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
+                    let too_large = err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse_too_large);
+                    if let (true, Some(counter)) = (too_large, &limits.head_too_large) {
+                        // hyper answered 431 itself, before any handler saw the request.
+                        counter.inc();
+                    }
                     debug!(%peer, error = %err, "connection ended with an error");
                 }
                 return;
