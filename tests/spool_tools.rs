@@ -52,6 +52,7 @@ fn event_ids(lines: &[Value]) -> Vec<String> {
 fn checks_on_a_healthy_spool(dir: &Path, acked: &BTreeSet<String>, when: &str) {
     assert_eq!(stat_records(dir), CALLBACKS as u64, "{when}: stat");
     let stat = text(&tool("stat", dir).stdout);
+    eprintln!("{when}: spool stat:\n{stat}");
     assert!(stat.contains("topic:    im.group.send-msg-exception: 30"), "{when}: stat per topic:\n{stat}");
     assert!(stat.contains("oldest:") && stat.contains("newest:"), "{when}: stat times:\n{stat}");
     let lines = export(dir);
@@ -92,6 +93,8 @@ fn spool_tools_read_a_live_and_a_stopped_spool_and_find_damage() {
     assert!(!status.success(), "a second forwarder served from the same spool:\n{output}");
     let pid = format!("PID {}", fwd.pid());
     assert!(output.contains(&pid) && output.contains("in use"), "no {pid} in the refusal:\n{output}");
+    let lock = std::fs::read_to_string(dir.join("LOCK")).expect("DIR/LOCK while serving");
+    assert_eq!(lock.trim(), fwd.pid().to_string(), "DIR/LOCK holds the PID of the forwarder");
 
     fwd.signal(libc::SIGTERM);
     assert_eq!(fwd.wait_exit(Duration::from_secs(30)).code(), Some(0));
@@ -110,6 +113,7 @@ fn spool_tools_read_a_live_and_a_stopped_spool_and_find_damage() {
     std::fs::write(&path, &data).unwrap();
     let verify = tool("verify", dir);
     let report = text(&verify.stdout);
+    eprintln!("spool verify of the damaged spool:\n{report}");
     assert_eq!(verify.status.code(), Some(1), "verify of a damaged spool: {verify:?}");
     let name = format!("segment-{segment:016}.spool");
     assert!(
@@ -173,4 +177,24 @@ fn every_subcommand_has_help() {
     assert!(top.contains("--kafka-brokers") && top.contains("spool"), "top-level help:\n{top}");
     let (_, stat) = run_to_exit(&["spool", "stat", "--help"], &[], Duration::from_secs(10));
     assert!(stat.contains("<DIR>"), "{stat}");
+}
+
+#[test]
+fn tools_run_in_a_serving_environment() {
+    // In a pod every IMCF_* variable of the serving configuration is set; the tools must not mind them.
+    let spool = tempfile::tempdir().expect("tempdir");
+    let out = command()
+        .args(["spool", "stat"])
+        .arg(spool.path())
+        .envs([
+            ("IMCF_KAFKA_BROKERS", "127.0.0.1:9"),
+            ("IMCF_SDK_APP_ID", "1"),
+            ("IMCF_DURABILITY", "disk"),
+            ("IMCF_SPOOL_DIR", spool.path().to_str().expect("UTF-8 path")),
+        ])
+        .output()
+        .expect("spool stat");
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("records:  0"), "{out:?}");
+    assert!(!spool.path().join("LOCK").exists(), "a tool took the lock");
 }
