@@ -70,37 +70,34 @@ pub enum SpoolToolError {
 pub fn run(command: SpoolCommand) -> Result<ExitCode, SpoolToolError> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let code = match command {
-        SpoolCommand::Stat { dir } => stat(&dir, &mut out)?,
-        SpoolCommand::Verify { dir } => verify(&dir, &mut out)?,
-        SpoolCommand::Export { dir } => export(&dir, &mut out)?,
-    };
-    out.flush().map_err(SpoolToolError::Output)?;
-    Ok(code)
+    let ran = match command {
+        SpoolCommand::Stat { dir } => stat(&dir, &mut out),
+        SpoolCommand::Verify { dir } => verify(&dir, &mut out),
+        SpoolCommand::Export { dir } => export(&dir, &mut out),
+    }
+    .and_then(|code| out.flush().map(|()| code).map_err(SpoolToolError::Output));
+    match ran {
+        // The reader went away (`export | head`): not a failure of the tool.
+        Err(SpoolToolError::Output(err)) if err.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
 }
 
-/// One segment as read.
-struct Segment {
-    path: PathBuf,
-    data: Vec<u8>,
-    scanned: SegmentScan,
-}
-
-/// Reads and scans every segment of `dir`, oldest first.
-fn segments(dir: &Path) -> Result<Vec<Segment>, SpoolToolError> {
+/// Reads and scans every segment of `dir`, oldest first, one at a time (a large spool is never held in memory
+/// whole), handing each to `visit` with its number, path, bytes and scan.
+fn each_segment(
+    dir: &Path,
+    mut visit: impl FnMut(u64, &Path, &[u8], &SegmentScan) -> Result<(), SpoolToolError>,
+) -> Result<(), SpoolToolError> {
     let listed = list_segments(dir).map_err(|source| SpoolToolError::Dir { dir: dir.to_owned(), source })?;
-    let mut segments = Vec::with_capacity(listed.len());
-    for (_, path) in listed {
+    for (number, path) in listed {
         match scan::read_segment(&path) {
-            Ok(Some(data)) => {
-                let scanned = scan::scan_segment(&data);
-                segments.push(Segment { path, data, scanned });
-            }
+            Ok(Some(data)) => visit(number, &path, &data, &scan::scan_segment(&data))?,
             Ok(None) => {} // deleted meanwhile: all of it delivered
             Err(source) => return Err(SpoolToolError::Segment { path, source }),
         }
     }
-    Ok(segments)
+    Ok(())
 }
 
 fn received_at(record: &SpooledRecord) -> Option<SystemTime> {
@@ -113,17 +110,20 @@ fn received_at(record: &SpooledRecord) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(event.received_at?).ok()
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 fn stat(dir: &Path, out: &mut impl Write) -> Result<ExitCode, SpoolToolError> {
-    let segments = segments(dir)?;
-    let mut records = 0u64;
-    let mut bytes = 0u64;
-    let mut damaged = 0usize;
+    let (mut records, mut bytes, mut damaged) = (0u64, 0u64, 0usize);
+    let mut names: Vec<String> = Vec::new();
     let mut topics: BTreeMap<String, u64> = BTreeMap::new();
     let (mut oldest, mut newest): (Option<SystemTime>, Option<SystemTime>) = (None, None);
-    for segment in &segments {
-        bytes += segment.data.len() as u64;
-        damaged += segment.scanned.damage.len();
-        for (_, record) in scan::records(&segment.data, &segment.scanned) {
+    each_segment(dir, |_, path, data, scanned| {
+        names.push(file_name(path));
+        bytes += data.len() as u64;
+        damaged += scanned.damage.len();
+        for (_, record) in scan::records(data, scanned) {
             records += 1;
             if let Some(at) = received_at(&record) {
                 oldest = Some(oldest.map_or(at, |o| o.min(at)));
@@ -131,14 +131,15 @@ fn stat(dir: &Path, out: &mut impl Write) -> Result<ExitCode, SpoolToolError> {
             }
             *topics.entry(record.topic).or_default() += 1;
         }
-    }
+        Ok(())
+    })?;
     let write = |out: &mut dyn Write| -> io::Result<()> {
         writeln!(out, "spool:    {}", dir.display())?;
         writeln!(out, "records:  {records}")?;
         writeln!(out, "bytes:    {bytes}")?;
-        writeln!(out, "segments: {}", segments.len())?;
-        if let (Some(first), Some(last)) = (segments.first(), segments.last()) {
-            writeln!(out, "          {} .. {}", file_name(&first.path), file_name(&last.path))?;
+        writeln!(out, "segments: {}", names.len())?;
+        if let (Some(first), Some(last)) = (names.first(), names.last()) {
+            writeln!(out, "          {first} .. {last}")?;
         }
         for (topic, count) in &topics {
             writeln!(out, "topic:    {topic}: {count}")?;
@@ -156,53 +157,46 @@ fn stat(dir: &Path, out: &mut impl Write) -> Result<ExitCode, SpoolToolError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 fn verify(dir: &Path, out: &mut impl Write) -> Result<ExitCode, SpoolToolError> {
-    let segments = segments(dir)?;
-    let mut damaged_segments = 0;
-    let mut regions = 0;
-    let mut frames = 0;
-    let mut report = |out: &mut dyn Write| -> io::Result<()> {
-        for segment in &segments {
-            let name = file_name(&segment.path);
-            frames += segment.scanned.frames.len();
-            if segment.scanned.damage.is_empty() {
-                writeln!(out, "{name}: ok, {} frames, {} bytes", segment.scanned.frames.len(), segment.data.len())?;
-                continue;
-            }
-            damaged_segments += 1;
-            for damage in &segment.scanned.damage {
-                regions += 1;
-                writeln!(
-                    out,
-                    "{name}: {} at offset {} ({} bytes, to offset {}){}",
-                    damage.kind.describe(),
-                    damage.offset,
-                    damage.len,
-                    damage.offset + damage.len,
-                    if damage.kind == scan::DamageKind::TornTail {
-                        ": a write cut short by a crash, or being written now if a forwarder is serving"
-                    } else {
-                        ""
-                    }
-                )?;
-            }
+    let (mut segments, mut damaged_segments, mut regions, mut frames) = (0usize, 0usize, 0usize, 0usize);
+    each_segment(dir, |_, path, data, scanned| {
+        let name = file_name(path);
+        segments += 1;
+        frames += scanned.frames.len();
+        if scanned.damage.is_empty() {
+            return writeln!(out, "{name}: ok, {} frames, {} bytes", scanned.frames.len(), data.len())
+                .map_err(SpoolToolError::Output);
         }
-        if regions == 0 {
-            writeln!(out, "ok: {frames} frames in {} segments", segments.len())
-        } else {
+        damaged_segments += 1;
+        for damage in &scanned.damage {
+            regions += 1;
             writeln!(
                 out,
-                "damaged: {regions} region(s) in {damaged_segments} of {} segments ({frames} valid frames); \
-                 the next start of a forwarder moves them to quarantine/",
-                segments.len()
+                "{name}: {} at offset {} ({} bytes, to offset {}){}",
+                damage.kind.describe(),
+                damage.offset,
+                damage.len,
+                damage.offset + damage.len,
+                if damage.kind == scan::DamageKind::TornTail {
+                    ": a write cut short by a crash, or being written now if a forwarder is serving"
+                } else {
+                    ""
+                }
             )
+            .map_err(SpoolToolError::Output)?;
         }
-    };
-    report(out).map_err(SpoolToolError::Output)?;
+        Ok(())
+    })?;
+    if regions == 0 {
+        writeln!(out, "ok: {frames} frames in {segments} segments")
+    } else {
+        writeln!(
+            out,
+            "damaged: {regions} region(s) in {damaged_segments} of {segments} segments ({frames} valid frames); \
+             the next start of a forwarder moves them to quarantine/"
+        )
+    }
+    .map_err(SpoolToolError::Output)?;
     Ok(if regions == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -245,16 +239,8 @@ pub fn record_json(segment: u64, offset: u64, record: &SpooledRecord) -> Value {
 }
 
 fn export(dir: &Path, out: &mut impl Write) -> Result<ExitCode, SpoolToolError> {
-    let listed = list_segments(dir).map_err(|source| SpoolToolError::Dir { dir: dir.to_owned(), source })?;
-    // One segment at a time: a large spool is not held in memory whole.
-    for (number, path) in listed {
-        let data = match scan::read_segment(&path) {
-            Ok(Some(data)) => data,
-            Ok(None) => continue,
-            Err(source) => return Err(SpoolToolError::Segment { path, source }),
-        };
-        let scanned = scan::scan_segment(&data);
-        for (offset, record) in scan::records(&data, &scanned) {
+    each_segment(dir, |number, path, data, scanned| {
+        for (offset, record) in scan::records(data, scanned) {
             serde_json::to_writer(&mut *out, &record_json(number, offset, &record))
                 .map_err(|err| SpoolToolError::Output(err.into()))?;
             out.write_all(b"\n").map_err(SpoolToolError::Output)?;
@@ -262,7 +248,8 @@ fn export(dir: &Path, out: &mut impl Write) -> Result<ExitCode, SpoolToolError> 
         if !scanned.damage.is_empty() {
             eprintln!("{}: {} damaged region(s) skipped (see `spool verify`)", path.display(), scanned.damage.len());
         }
-    }
+        Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,9 @@
 //!   proves nothing) and queues the batch for replay anyway: what is readable is still delivered;
 //! - a frame that cannot be read back is retried later; one proven undecodable moves to `quarantine/`;
 //! - a segment is deleted only when every record in it is delivered, and the directory is synced after.
+//!
+//! One forwarder per directory: [`Spool::open`] takes [`lock::DirLock`] (`DIR/LOCK`) for as long as the spool is
+//! open. [`scan`] is the read-only view of the segments that recovery and the operator tools share.
 
 pub mod frame;
 pub mod lock;
