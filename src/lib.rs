@@ -2,9 +2,11 @@
 //!
 //! A byte enters at [`http::CallbackEdge`], is checked and normalized by the pure functions of
 //! [`callback`], and leaves through [`sink::KafkaSink`]. [`App`] wires them together from a
-//! [`config::Config`]; `main.rs` only parses flags, binds and waits for a signal.
+//! [`config::Config`]; [`cli`] holds the command line (serving, and the operator tools), and `main.rs` only
+//! dispatches.
 
 pub mod callback;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -1,45 +1,14 @@
-//! Entry point: parse flags, set up logging, bind the listeners, run until SIGTERM or SIGINT.
+//! Entry point: parse the command line and dispatch: serve (no subcommand) or run an operator tool.
 
-use anyhow::Context;
+use std::process::ExitCode;
+
 use clap::Parser;
-use im_callback_forwarder::config::{Args, Config, LogFormat};
-use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
-use tracing_subscriber::EnvFilter;
+use im_callback_forwarder::cli::{self, Cli};
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("IMCF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+fn main() -> anyhow::Result<ExitCode> {
+    let Cli { serve, command } = Cli::parse();
+    match command {
+        None => cli::serve::serve(serve).map(|()| ExitCode::SUCCESS),
+        Some(command) => Ok(cli::run(command)?),
     }
-}
-
-async fn shutdown_signal() {
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => info!(signal = "SIGTERM", "signal received"),
-        _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "signal received"),
-    }
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::try_from(Args::parse())?;
-    init_logging(config.log_format);
-    im_callback_forwarder::validate(&config)?;
-    let (listen, admin_listen) = (config.listen, config.admin_listen);
-    let callback = TcpListener::bind(listen).await.with_context(|| format!("--listen {listen}"))?;
-    let admin = TcpListener::bind(admin_listen).await.with_context(|| format!("--admin-listen {admin_listen}"))?;
-    info!(
-        callback_addr = %callback.local_addr()?,
-        admin_addr = %admin.local_addr()?,
-        version = env!("CARGO_PKG_VERSION"),
-        "listening"
-    );
-    let report = im_callback_forwarder::run(config, callback, admin, shutdown_signal()).await?;
-    info!(undelivered = report.undelivered, spooled = report.spooled, "shutdown complete");
-    Ok(())
 }

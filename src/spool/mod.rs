@@ -10,8 +10,13 @@
 //!   proves nothing) and queues the batch for replay anyway: what is readable is still delivered;
 //! - a frame that cannot be read back is retried later; one proven undecodable moves to `quarantine/`;
 //! - a segment is deleted only when every record in it is delivered, and the directory is synced after.
+//!
+//! One forwarder per directory: [`Spool::open`] takes [`lock::DirLock`] (`DIR/LOCK`) for as long as the spool is
+//! open. [`scan`] is the read-only view of the segments that recovery and the operator tools share.
 
 pub mod frame;
+pub mod lock;
+pub mod scan;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -61,6 +66,16 @@ pub enum SpoolError {
     /// A record read back does not decode: its bytes are damaged.
     #[error("spool record at segment {0} offset {1} is unreadable")]
     Unreadable(u64, u64),
+    /// Another process holds the directory's lock: two forwarders must never share a spool.
+    #[error("{} is in use by another forwarder ({}); two forwarders must not share a spool directory", .dir.display(), match .pid { Some(pid) => format!("PID {pid}, per {}", .lock_file.display()), None => format!("PID unknown, lock {}", .lock_file.display()) })]
+    Locked {
+        /// The spool directory.
+        dir: PathBuf,
+        /// Its lock file.
+        lock_file: PathBuf,
+        /// The holder's PID, as written in the lock file.
+        pid: Option<u32>,
+    },
 }
 
 /// Spool settings.
@@ -114,14 +129,27 @@ pub struct Spool {
     writer: Mutex<Option<JoinHandle<u64>>>,
     // Records still in the spool when the writer stopped (set by `close`).
     left_at_close: Mutex<Option<u64>>,
+    // Held while the spool is open: no second forwarder can serve from the same directory.
+    _lock: lock::DirLock,
 }
 
-fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+/// The path of segment `segment` in the spool directory `dir`.
+pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("segment-{segment:016}.spool"))
 }
 
 fn segment_number(path: &Path) -> Option<u64> {
     path.file_name()?.to_str()?.strip_prefix("segment-")?.strip_suffix(".spool")?.parse().ok()
+}
+
+/// The segments in `dir` (number and path), oldest first. Reads the directory only.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut paths: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter_map(|path| segment_number(&path).map(|n| (n, path)))
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -171,11 +199,8 @@ impl Spool {
         let mut segments = BTreeMap::new();
         let mut recovered = VecDeque::new();
         let mut used = 0;
-        let mut paths: Vec<(u64, PathBuf)> = fs::read_dir(&config.dir)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter_map(|path| segment_number(&path).map(|n| (n, path)))
-            .collect();
-        paths.sort();
+        let lock = lock::DirLock::acquire(&config.dir)?;
+        let paths = list_segments(&config.dir)?;
         let mut removed_any = false;
         for (segment, path) in &paths {
             let offsets = recover_segment(&config.dir, *segment, path, &metrics)?;
@@ -228,6 +253,7 @@ impl Spool {
             commands: Mutex::new(Some(commands)),
             writer: Mutex::new(Some(handle)),
             left_at_close: Mutex::new(None),
+            _lock: lock,
         }))
     }
 
@@ -684,56 +710,29 @@ impl Writer {
     }
 }
 
-/// Where the next valid frame starts at or after `from`, if any.
-fn next_frame(data: &[u8], from: usize) -> Option<usize> {
-    let finder = memchr::memmem::Finder::new(&frame::MAGIC);
-    let mut at = from;
-    while at < data.len() {
-        let found = at + finder.find(&data[at..])?;
-        if matches!(frame::scan(&data[found..]), frame::Scan::Frame(_)) {
-            return Some(found);
-        }
-        at = found + 1;
-    }
-    None
-}
-
 /// Scans one segment: damaged bytes between valid frames are moved to `quarantine/` and counted, a torn tail
 /// (bytes after the last valid frame that do not form one: a write a crash cut short, never acknowledged) is
 /// kept there too, and the file is rewritten with only its valid frames. Returns the offsets of those frames.
 fn recover_segment(dir: &Path, segment: u64, path: &Path, metrics: &Metrics) -> Result<Vec<u64>, SpoolError> {
     let data = fs::read(path)?;
-    let mut offsets = Vec::new();
-    let mut kept: Vec<(usize, usize)> = Vec::new();
-    let mut position = 0;
-    let mut damaged = false;
-    while position < data.len() {
-        if let frame::Scan::Frame(len) = frame::scan(&data[position..]) {
-            kept.push((position, len));
-            position += len;
-            continue;
-        }
-        // Whatever the bad frame claims about its own length, look for the next valid frame after it.
-        damaged = true;
-        match next_frame(&data, position + 1) {
-            Some(resume) => {
-                quarantine(dir, segment, position, &data[position..resume], "damaged frame")?;
-                metrics.spool_quarantined.inc();
-                position = resume;
-            }
-            None => {
-                quarantine(dir, segment, position, &data[position..], "torn tail (crash mid-write)")?;
-                break;
-            }
+    let scanned = scan::scan_segment(&data);
+    if scanned.damage.is_empty() {
+        return Ok(scanned.frames.iter().map(|frame| frame.offset).collect());
+    }
+    for damage in &scanned.damage {
+        let bytes = &data[damage.offset as usize..(damage.offset + damage.len) as usize];
+        if damage.kind.is_tail() {
+            quarantine(dir, segment, damage.offset as usize, bytes, "torn tail (crash mid-write)")?;
+        } else {
+            quarantine(dir, segment, damage.offset as usize, bytes, "damaged frame")?;
+            metrics.spool_quarantined.inc();
         }
     }
-    if !damaged {
-        return Ok(kept.iter().map(|(at, _)| *at as u64).collect());
-    }
+    let mut offsets = Vec::with_capacity(scanned.frames.len());
     let mut rewritten = Vec::with_capacity(data.len());
-    for (at, len) in kept {
+    for frame in &scanned.frames {
         offsets.push(rewritten.len() as u64);
-        rewritten.extend_from_slice(&data[at..at + len]);
+        rewritten.extend_from_slice(&data[frame.offset as usize..frame.offset as usize + frame.len]);
     }
     let temporary = path.with_extension("rewrite");
     {
