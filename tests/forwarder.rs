@@ -28,6 +28,14 @@ fn setup(extra: &[&str]) -> (Broker, Forwarder) {
     (broker, forwarder)
 }
 
+/// Records the forwarder handed to its producer: queued, delivered or failed (both topics).
+fn handed_to_kafka(m: &metrics::Metrics) -> f64 {
+    ["imcf_kafka_queue_events", "imcf_kafka_delivered_total", "imcf_kafka_delivery_failures_total"]
+        .iter()
+        .map(|k| m.get(k).unwrap_or(f64::NAN))
+        .sum()
+}
+
 /// Asserts the exact accepted answer.
 fn assert_ok(case: &str, reply: &Reply) {
     assert_eq!(
@@ -674,6 +682,7 @@ fn refusals_answer_the_spec_error_and_publish_nothing() {
         checks.check(counted || value == 0.0, || format!("{key} = {value}, expected 0"));
     }
     checks.eq("imcf_dead_letters_total", scraped.get("imcf_dead_letters_total"), Some(0.0));
+    checks.eq("records handed to Kafka", handed_to_kafka(&scraped), 0.0);
     checks.finish();
 
     broker.assert_no_records(TOPIC, NOTHING_WAIT);
@@ -871,6 +880,7 @@ fn other_commands_are_answered_ok_and_not_published() {
     );
     checks.eq("ignored", scraped.get("imcf_callbacks_total{outcome=\"ignored\"}"), Some(3.0));
     checks.eq("accepted", scraped.get("imcf_callbacks_total{outcome=\"accepted\"}").unwrap_or(0.0), 0.0);
+    checks.eq("records handed to Kafka", handed_to_kafka(&scraped), 0.0);
     checks.finish();
     broker.assert_no_records(TOPIC, NOTHING_WAIT);
     broker.assert_no_records(DEAD_LETTER_TOPIC, Duration::from_secs(1));
