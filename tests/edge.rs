@@ -1600,3 +1600,81 @@ fn memory_stays_within_the_per_connection_budget_under_hostile_clients() {
     checks.finish();
     drop(held);
 }
+
+#[test]
+fn accept_errors_back_off_and_the_listener_recovers() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = common::forwarder::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--dev"])
+        .args(["--sdk-app-id", APP_ID, "--callback-token", TOKEN])
+        .args(["--max-connections", "1000", "--max-connections-per-ip", "1000"]);
+    // SAFETY: setrlimit(2) only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 96, rlim_max: 96 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let common::forwarder::Listening { mut child, output, callback_addr, .. } =
+        common::forwarder::spawn_listening(cmd, "a forwarder with 96 file descriptors");
+    let accept_failures = || output.all_text().lines().filter(|l| l.contains("accept failed")).count();
+    // More connections than descriptors: accept(2) fails with EMFILE while they are held.
+    let held: Vec<_> = (0..150).filter_map(|_| std::net::TcpStream::connect(&callback_addr).ok()).collect();
+    let failing = common::poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        (accept_failures() > 0).then_some(())
+    });
+    let first = accept_failures();
+    std::thread::sleep(Duration::from_secs(1));
+    let per_second = accept_failures() - first;
+    drop(held);
+    // Served again once descriptors are free.
+    let path = path_for(APP_ID, EXCEPTION, Some(TOKEN));
+    let served = common::poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        let mut stream = std::net::TcpStream::connect(&callback_addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let body = exception_body("@TGS#after-emfile", "");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {callback_addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        send_and_read(&mut stream, &request).ok().filter(|r| r.status == 200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut checks = Checks::default();
+    checks.check(failing.is_some(), || "accept(2) never failed with 150 connections and 96 descriptors".into());
+    // A 50 ms back-off logs at most 20 a second; a loop without one logs thousands.
+    checks.check(per_second <= 40, || format!("{per_second} accept failures logged in one second"));
+    checks.check(served.is_some(), || "no callback served after the connections were closed".into());
+    checks.finish();
+}
+
+#[test]
+fn a_request_still_arriving_at_the_drain_timeout_does_not_hold_up_the_shutdown() {
+    let mut fwd = dev(&["--callback-token", TOKEN, "--shutdown-timeout", "4", "--body-read-timeout", "60"]);
+    let addr = fwd.callback_addr.clone();
+    let path = path_for(APP_ID, EXCEPTION, Some(TOKEN));
+    // A body that never finishes: the request is in flight when SIGTERM comes, and stays so.
+    let mut stream = conn::connect(&addr, Duration::from_secs(30));
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n{{\"GroupId\":");
+    stream.write_all(head.as_bytes()).expect("partial request");
+    // A callback answered on another connection, after that one was opened: the server was serving before SIGTERM.
+    let probe = raw_post(&fwd, &path, Some("application/json"), "", &exception_body("@TGS#drain-probe", ""));
+    assert_eq!(probe.status, 200, "{probe:?}");
+    fwd.sigterm();
+    let status = fwd.wait_exit(Duration::from_secs(20));
+    let mut checks = Checks::default();
+    checks.eq("exit status", status.code(), Some(0));
+    checks.check(fwd.wait_log("connections still open after the drain timeout", Duration::ZERO).is_some(), || {
+        "no log line for the drain timeout".into()
+    });
+    checks.check(fwd.wait_log("shutdown complete", Duration::ZERO).is_some(), || "no shutdown complete line".into());
+    let closed = conn::wait_closed(&mut stream, Duration::from_secs(5));
+    checks.check(closed.after.is_some(), || format!("the unfinished request's connection stayed open: {closed:?}"));
+    checks.finish();
+}
