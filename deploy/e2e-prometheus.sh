@@ -202,6 +202,12 @@ curl -sf "http://$ADMIN/metrics" >"$WORK/metrics.txt" || die "GET /metrics faile
 log "the catalogue vs this forwarder's /metrics (deploykit check-metrics):"
 "$PY" "$ROOT/deploy/tools/deploykit.py" check-metrics --file "$WORK/metrics.txt" ||
   die "the metric catalogue (deploy/tools/deploykit.py CATALOGUE/OUTCOMES) and the binary's /metrics differ"
+log "promtool check metrics on the live scrape:"
+if ! lint=$(promtool check metrics <"$WORK/metrics.txt" 2>&1); then
+  printf '%s\n' "$lint"
+  die "promtool check metrics found problems in /metrics"
+fi
+log "  ok"
 
 "$PY" - "$PROM" "$ROOT" "$RATE_WINDOW" "$SPOOL_MAX_BYTES" "$ROUTED" <<'EOF'
 import json, subprocess, sys, time, urllib.parse, urllib.request

@@ -387,8 +387,12 @@ impl Default for Metrics {
 impl KafkaStatsMetrics {
     fn new(registry: &Registry) -> Self {
         let broker_rtt = prometheus::GaugeVec::new(
-            Opts::new("imcf_kafka_broker_rtt_seconds", "Broker round-trip time from librdkafka statistics."),
-            &["broker", "quantile"],
+            Opts::new(
+                "imcf_kafka_broker_rtt_seconds",
+                "Broker round-trip time from librdkafka statistics, at the percentile named (p50, p99).",
+            ),
+            // Not `quantile`: Prometheus reserves that label for summaries (promtool check metrics).
+            &["broker", "percentile"],
         )
         .expect("valid metric");
         registry.register(Box::new(broker_rtt.clone())).expect("unique metric");
@@ -445,8 +449,8 @@ impl KafkaStatsMetrics {
             let name = broker.name.as_str();
             self.broker_up.with_label_values(&[name]).set(i64::from(broker.state == "UP"));
             if let Some(rtt) = &broker.rtt {
-                self.broker_rtt.with_label_values(&[name, "0.5"]).set(rtt.p50 as f64 / 1e6);
-                self.broker_rtt.with_label_values(&[name, "0.99"]).set(rtt.p99 as f64 / 1e6);
+                self.broker_rtt.with_label_values(&[name, "p50"]).set(rtt.p50 as f64 / 1e6);
+                self.broker_rtt.with_label_values(&[name, "p99"]).set(rtt.p99 as f64 / 1e6);
             }
             let totals = [
                 (&self.broker_errors, "errors", broker.txerrs + broker.rxerrs),
@@ -517,7 +521,7 @@ mod tests {
         let broker = "broker=\"127.0.0.1:9092/1\"";
         assert_eq!(sample(&metrics, &format!("imcf_kafka_broker_up{{{broker}}}")), Some(1.0));
         assert_eq!(
-            sample(&metrics, &format!("imcf_kafka_broker_rtt_seconds{{{broker},quantile=\"0.99\"}}")),
+            sample(&metrics, &format!("imcf_kafka_broker_rtt_seconds{{{broker},percentile=\"p99\"}}")),
             Some(0.008)
         );
         // Reported twice, counted once: the counters follow librdkafka's cumulative totals.

@@ -27,7 +27,7 @@ makes). Subcommands:
   catalogue                      print the catalogue's metric names (used by e2e)
   check-metrics --bin BINARY | --file EXPOSITION
                                  compare the catalogue (names, types, label names, and the
-                                 outcome/category/reason/quantile values) with what the binary
+                                 outcome/category/reason/percentile values) with what the binary
                                  exports on /metrics: --bin starts BINARY --dev and scrapes it
                                  once librdkafka statistics arrived; fails listing every
                                  difference both ways
@@ -92,7 +92,7 @@ CATALOGUE = {
     # librdkafka statistics.
     "imcf_kafka_producer_queue_messages": ("gauge", []),
     "imcf_kafka_producer_queue_bytes": ("gauge", []),
-    "imcf_kafka_broker_rtt_seconds": ("gauge", ["broker", "quantile"]),
+    "imcf_kafka_broker_rtt_seconds": ("gauge", ["broker", "percentile"]),
     "imcf_kafka_broker_up": ("gauge", ["broker"]),
     "imcf_kafka_broker_request_errors_total": ("counter", ["broker"]),
     "imcf_kafka_broker_request_retries_total": ("counter", ["broker"]),
@@ -139,18 +139,19 @@ SPOOL_REASONS = ["write_ahead", "queue_full", "produce_failed", "delivery_failed
 REPLAY_DEFER_REASONS = ["topic_unavailable", "produce_error", "producer_fatal", "read_error"]
 # imcf_kafka_ready{reason}: a state set, exactly one is 1.
 KAFKA_READY_REASONS = ["ok", "no_metadata_yet", "metadata_failed", "metadata_stale", "topic_missing"]
-BROKER_QUANTILES = ["0.5", "0.99"]
+# Not `quantile`: Prometheus reserves that label for summaries, and promtool check metrics says so.
+BROKER_PERCENTILES = ["p50", "p99"]
 # Label values by label name, for any catalogue metric with that label (`reason` differs by
 # metric: see ENUMERATED_LABELS, which wins).
 KNOWN_LABEL_VALUES = {"outcome": OUTCOMES, "category": CATEGORIES, "reason": SPOOL_REASONS,
-                      "quantile": BROKER_QUANTILES}
-# Label values the binary pre-initialises (or, for quantile, always sets together), compared
+                      "percentile": BROKER_PERCENTILES}
+# Label values the binary pre-initialises (or, for percentile, always sets together), compared
 # both ways with /metrics by check-metrics: metric -> (label, values).
 ENUMERATED_LABELS = {
     "imcf_callbacks_total": ("outcome", OUTCOMES),
     "imcf_exceptions_total": ("category", CATEGORIES),
     "imcf_spooled_total": ("reason", SPOOL_REASONS),
-    "imcf_kafka_broker_rtt_seconds": ("quantile", BROKER_QUANTILES),
+    "imcf_kafka_broker_rtt_seconds": ("percentile", BROKER_PERCENTILES),
     "imcf_kafka_ready": ("reason", KAFKA_READY_REASONS),
     "imcf_replay_deferred_total": ("reason", REPLAY_DEFER_REASONS),
 }
