@@ -87,6 +87,11 @@ fn send_test_with_a_wrong_token_exits_non_zero_and_prints_the_401() {
         run_to_exit(&["send-test", "--url", "https://example.com/", "--sdk-app-id", APP_ID], &[], EXIT_TIMEOUT);
     assert!(!status.success() && output.contains("http://"), "https is refused, naming http://:\n{output}");
     assert!(read_back(&fwd, 0).is_empty(), "nothing published; forwarder output:\n{}", fwd.output.all_text());
+    // --help shows no token from the environment.
+    for (tool, variable) in [("send-test", "IMCF_SEND_TEST_TOKEN"), ("check", "IMCF_CALLBACK_TOKEN")] {
+        let (status, output) = run_to_exit(&[tool, "--help"], &[(variable, "not-the-secret-token")], EXIT_TIMEOUT);
+        assert!(status.success() && !output.contains("not-the-secret-token"), "{tool} --help:\n{output}");
+    }
 }
 
 #[test]

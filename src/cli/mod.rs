@@ -38,11 +38,15 @@ pub enum Command {
     /// Inspect a disk spool (read-only; safe while a forwarder serves from it).
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
-    /// Check a configuration (the flags and environment of serving) against Kafka and the spool directory,
-    /// without serving or writing to the topics. One line per check; exits 1 if any fails.
+    /// Check a configuration against Kafka and the spool directory, without serving.
+    ///
+    /// Takes the flags and environment of serving. Never writes to the topics. One line per check; exits 1 if
+    /// any fails.
     Check(Box<check::CheckArgs>),
-    /// Post test Group.CallbackSendMsgException callbacks to a forwarder, as Tencent would (signed with a token if
-    /// given); print each answer; exit 1 unless every answer is Tencent's OK.
+    /// Post test callbacks to a forwarder as Tencent would; exit 1 unless every answer is OK.
+    ///
+    /// Posts the documented Group.CallbackSendMsgException sample (fresh Random and EventTime) with Tencent's
+    /// query parameters, signed when a token is given; prints each answer. Plain http:// only.
     SendTest(send_test::SendTestArgs),
 }
 
