@@ -1,6 +1,9 @@
-//! The command line: without a subcommand the binary serves (flags in [`crate::config::Args`]); `spool ...`
-//! runs the operator tools of [`spool`]. `main.rs` only parses and dispatches.
+//! The command line: without a subcommand the binary serves (flags in [`crate::config::Args`]); `spool ...`,
+//! `check` and `send-test` run the operator tools of [`spool`], [`check`] and [`send_test`]. `main.rs` only
+//! parses and dispatches.
 
+pub mod check;
+pub mod send_test;
 pub mod serve;
 pub mod spool;
 
@@ -35,6 +38,16 @@ pub enum Command {
     /// Inspect a disk spool (read-only; safe while a forwarder serves from it).
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
+    /// Check a configuration against Kafka and the spool directory, without serving.
+    ///
+    /// Takes the flags and environment of serving. Never writes to the topics. One line per check; exits 1 if
+    /// any fails.
+    Check(Box<check::CheckArgs>),
+    /// Post test callbacks to a forwarder as Tencent would; exit 1 unless every answer is OK.
+    ///
+    /// Posts the documented Group.CallbackSendMsgException sample (fresh Random and EventTime) with Tencent's
+    /// query parameters, signed when a token is given; prints each answer. Plain http:// only.
+    SendTest(send_test::SendTestArgs),
 }
 
 /// Why a subcommand failed.
@@ -43,11 +56,19 @@ pub enum CliError {
     /// A spool tool failed.
     #[error(transparent)]
     Spool(#[from] spool::SpoolToolError),
+    /// `check` could not run.
+    #[error(transparent)]
+    Check(#[from] check::CheckError),
+    /// `send-test` could not send.
+    #[error(transparent)]
+    SendTest(#[from] send_test::SendTestError),
 }
 
 /// Runs a subcommand; its exit code on success (a tool may report a finding with a non-zero code).
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Spool(command) => Ok(spool::run(command)?),
+        Command::Check(args) => Ok(check::run(*args)?),
+        Command::SendTest(args) => Ok(send_test::run(args)?),
     }
 }

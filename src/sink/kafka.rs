@@ -33,7 +33,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
 /// How old the last successful metadata answer may be for Kafka to count as up.
 const METADATA_MAX_AGE: Duration = Duration::from_secs(15);
 /// Readiness fails once the spool has less free space than this (or a sixteenth of the spool).
-const SPOOL_READY_HEADROOM_BYTES: u64 = 1024 * 1024;
+pub const SPOOL_READY_HEADROOM_BYTES: u64 = 1024 * 1024;
 /// A replayed record that the producer refused is tried again after this long (doubling up to the maximum).
 const REPLAY_RETRY_MIN: Duration = Duration::from_millis(500);
 const REPLAY_RETRY_MAX: Duration = Duration::from_secs(30);

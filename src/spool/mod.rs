@@ -152,6 +152,18 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(paths)
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir` (statvfs `f_bavail`).
+pub fn free_disk_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs(3) writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -321,14 +333,7 @@ impl Spool {
     /// Bytes an unprivileged writer may still use on the spool's filesystem (statvfs `f_bavail`): the disk can
     /// fill up before `--spool-max-bytes` does (a smaller volume, other files on it).
     pub fn free_disk_bytes(&self) -> io::Result<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-        // SAFETY: statvfs(3) writes into the zeroed struct we own; the path is NUL-terminated.
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+        free_disk_bytes(&self.dir)
     }
 
     /// True while at least `headroom` bytes are free.
