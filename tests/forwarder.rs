@@ -995,13 +995,13 @@ fn metrics_count_a_known_sequence() {
             for name in ["imcf_kafka_producer_queue_messages", "imcf_kafka_producer_queue_bytes"] {
                 checks.check(s.get(name).is_some(), || format!("{name} missing"));
             }
-            for q in ["0.5", "0.99"] {
+            for p in ["p50", "p99"] {
                 let found = s
                     .series("imcf_kafka_broker_rtt_seconds")
                     .iter()
-                    .any(|(k, _)| k.contains(&broker_label) && k.contains(&format!("quantile=\"{q}\"")));
+                    .any(|(k, _)| k.contains(&broker_label) && k.contains(&format!("percentile=\"{p}\"")));
                 checks.check(found, || {
-                    format!("imcf_kafka_broker_rtt_seconds{{quantile=\"{q}\"}} for {} missing", broker.addr)
+                    format!("imcf_kafka_broker_rtt_seconds{{percentile=\"{p}\"}} for {} missing", broker.addr)
                 });
             }
             for name in [
