@@ -381,7 +381,62 @@ pub fn run(args: RedriveArgs) -> Result<ExitCode, RedriveError> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn config(extra: &[&str]) -> Config {
+        let mut argv = vec!["imcf", "redrive", "--kafka-brokers", "127.0.0.1:9", "--sdk-app-id", "1400000000"];
+        argv.extend_from_slice(&["--callback-token", "a-secret-token", "--dry-run"]);
+        argv.extend_from_slice(extra);
+        let Some(Command::Redrive(args)) = Cli::try_parse_from(argv).expect("flags").command else {
+            panic!("not redrive")
+        };
+        Config::try_from(args.serve).expect("config")
+    }
+
+    fn judged(config: &Config, query: &str, body: &str, done: &HashSet<String>) -> Result<Ready, Outcome> {
+        let judge = Judge {
+            config,
+            apps: AppRegistry::new(config.apps.iter().map(|(id, _)| (*id, Vec::new())), config.max_clock_skew),
+        };
+        judge.judge(Some(query.as_bytes()), body.as_bytes(), UNIX_EPOCH, done)
+    }
+
+    #[test]
+    fn sign_is_not_verified_again_but_the_app_must_be_configured_and_the_route_decides_the_topic() {
+        let config = config(&["--route", "Group.CallbackAfterSendMsg=im.group.messages"]);
+        let none = HashSet::new();
+        let exception = crate::cli::send_test::sample_body(callback::EXCEPTION_COMMAND, "@TGS#1", 7, 10023, 1);
+        let exception = exception.as_str();
+        let query = "SdkAppid=1400000000&CallbackCommand=Group.CallbackSendMsgException&RequestTime=1";
+        let ready =
+            judged(&config, query, exception, &none).unwrap_or_else(|_| panic!("unsigned, old: still redriven"));
+        assert_eq!(ready.topic, config.topic);
+        assert_eq!(ready.key, b"@TGS#1");
+        let names: Vec<&str> = ready.headers.iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, ["event_id", "sdk_app_id", "callback_command", "schema", "content-type"]);
+        let done: HashSet<String> = [ready.event_id.clone()].into();
+        assert!(matches!(judged(&config, query, exception, &done), Err(Outcome::Skipped { why: "already redriven" })));
+        let other_app = query.replace("1400000000", "1400000001");
+        assert!(matches!(
+            judged(&config, &other_app, exception, &none),
+            Err(Outcome::Skipped { why: "not for a configured app" })
+        ));
+        let xml = format!("{query}&contenttype=xml");
+        assert!(matches!(
+            judged(&config, &xml, exception, &none),
+            Err(Outcome::Failing { label: "unsupported_content_type", .. })
+        ));
+        let routed = r#"{"CallbackCommand":"Group.CallbackAfterSendMsg","GroupId":"@TGS#2"}"#;
+        let query = "SdkAppid=1400000000&CallbackCommand=Group.CallbackAfterSendMsg";
+        let ready = judged(&config, query, routed, &none).unwrap_or_else(|_| panic!("routed command"));
+        assert_eq!(ready.topic, "im.group.messages");
+        let unrouted = r#"{"CallbackCommand":"Group.CallbackAfterNewMemberJoin","GroupId":"@TGS#3"}"#;
+        let query = "SdkAppid=1400000000&CallbackCommand=Group.CallbackAfterNewMemberJoin";
+        assert!(matches!(judged(&config, query, unrouted, &none), Err(Outcome::Skipped { .. })));
+    }
 
     #[test]
     fn received_at_comes_from_the_header_else_the_record_timestamp() {
