@@ -1,8 +1,9 @@
 //! The command line: without a subcommand the binary serves (flags in [`crate::config::Args`]); `spool ...`,
-//! `check` and `send-test` run the operator tools of [`spool`], [`check`] and [`send_test`]. `main.rs` only
+//! `check`, `send-test` and `redrive` run the operator tools of [`spool`], [`check`], [`send_test`] and [`redrive`]. `main.rs` only
 //! parses and dispatches.
 
 pub mod check;
+pub mod redrive;
 pub mod send_test;
 pub mod serve;
 pub mod spool;
@@ -48,6 +49,12 @@ pub enum Command {
     /// Posts the documented Group.CallbackSendMsgException sample (fresh Random and EventTime) with Tencent's
     /// query parameters, signed when a token is given; prints each answer. Plain http:// only.
     SendTest(send_test::SendTestArgs),
+    /// Publish the dead letters that today's parser accepts, as live callbacks of the same bodies would be.
+    ///
+    /// Takes the flags and environment of serving. Sign and RequestTime are not verified again (the record was
+    /// authenticated when it arrived); the SdkAppid must be a configured app. Ids redriven are kept in
+    /// --state-file, so a second run publishes nothing twice.
+    Redrive(Box<redrive::RedriveArgs>),
 }
 
 /// Why a subcommand failed.
@@ -62,6 +69,9 @@ pub enum CliError {
     /// `send-test` could not send.
     #[error(transparent)]
     SendTest(#[from] send_test::SendTestError),
+    /// `redrive` stopped.
+    #[error(transparent)]
+    Redrive(#[from] redrive::RedriveError),
 }
 
 /// Runs a subcommand; its exit code on success (a tool may report a finding with a non-zero code).
@@ -70,5 +80,6 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Spool(command) => Ok(spool::run(command)?),
         Command::Check(args) => Ok(check::run(*args)?),
         Command::SendTest(args) => Ok(send_test::run(args)?),
+        Command::Redrive(args) => Ok(redrive::run(*args)?),
     }
 }

@@ -248,6 +248,48 @@ impl AnchoredClock {
     }
 }
 
+/// The record a normalized callback is published as: its JSON, key and the 5 headers (`event_id`, `sdk_app_id`,
+/// `callback_command`, `schema`, `content-type`). Shared by the endpoint and `redrive`, so that a redriven
+/// event is the record a live callback of the same body would have been.
+pub struct EventRecord<'n> {
+    /// The event's JSON.
+    pub payload: Vec<u8>,
+    /// The record key: the group (exception events) or the envelope's key, else the event ID; never empty.
+    pub key: &'n str,
+    /// The `schema` header.
+    pub schema: &'static str,
+    sdk_app_id: String,
+}
+
+impl<'n> EventRecord<'n> {
+    /// The record of `normalized`, a callback of `sdk_app_id`.
+    pub fn new(sdk_app_id: u64, normalized: &'n Normalized<'_>) -> Self {
+        let (payload, key, schema) = match normalized {
+            Normalized::Exception(event) => (event.to_json(), event.group_id(), SCHEMA_V1),
+            Normalized::Callback(envelope) => (envelope.to_json(), envelope.record_key(), SCHEMA_CALLBACK_V1),
+        };
+        // Never an empty key: partitioners treat it as "no key" and scatter the group's events.
+        let key = if key.is_empty() { normalized.event_id() } else { key };
+        EventRecord { payload, key, schema, sdk_app_id: itoa::Buffer::new().format(sdk_app_id).to_owned() }
+    }
+
+    /// The headers, in the order the endpoint writes them.
+    pub fn headers<'h>(&'h self, normalized: &'h Normalized<'_>) -> [(&'static str, &'h [u8]); 5] {
+        [
+            ("event_id", normalized.event_id().as_bytes()),
+            ("sdk_app_id", self.sdk_app_id.as_bytes()),
+            ("callback_command", normalized.command().as_bytes()),
+            ("schema", self.schema.as_bytes()),
+            ("content-type", b"application/json"),
+        ]
+    }
+
+    /// The record for `topic` with `headers` (from [`EventRecord::headers`]).
+    pub fn outgoing<'o>(&'o self, topic: &'o str, headers: &'o [(&'o str, &'o [u8])]) -> Outgoing<'o> {
+        Outgoing { topic, key: self.key.as_bytes(), payload: &self.payload, headers }
+    }
+}
+
 /// How an accepted request is answered.
 enum Accepted {
     Ok(&'static str),
@@ -412,22 +454,8 @@ impl CallbackEdge {
         if self.closed.load(Ordering::SeqCst) {
             return Err(EdgeError::ShuttingDown);
         }
-        let mut sdk_app_id = itoa::Buffer::new();
-        let sdk_app_id = sdk_app_id.format(authenticated.sdk_app_id);
-        let (json, key, schema) = match normalized {
-            Normalized::Exception(event) => (event.to_json(), event.group_id(), SCHEMA_V1),
-            Normalized::Callback(envelope) => (envelope.to_json(), envelope.record_key(), SCHEMA_CALLBACK_V1),
-        };
-        // Never an empty key: partitioners treat it as "no key" and scatter the group's events.
-        let key = if key.is_empty() { normalized.event_id() } else { key };
-        let headers: [(&str, &[u8]); 5] = [
-            ("event_id", normalized.event_id().as_bytes()),
-            ("sdk_app_id", sdk_app_id.as_bytes()),
-            ("callback_command", normalized.command().as_bytes()),
-            ("schema", schema.as_bytes()),
-            ("content-type", b"application/json"),
-        ];
-        self.sink.accept(Outgoing { topic, key: key.as_bytes(), payload: &json, headers: &headers }).await?;
+        let record = EventRecord::new(authenticated.sdk_app_id, normalized);
+        self.sink.accept(record.outgoing(topic, &record.headers(normalized))).await?;
         match normalized {
             Normalized::Exception(event) => {
                 self.metrics.exception(event.category(), callback::error_code_label(event.error_code()))

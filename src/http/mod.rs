@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use admin::{starting_answer, AdminEdge};
-pub use callback::{CallbackEdge, EdgeError, EdgeSettings, Topics};
+pub use callback::{CallbackEdge, EdgeError, EdgeSettings, EventRecord, Topics};
 pub use source::{SourcePolicy, SourcePolicyError};
 
 /// Limits every connection of a listener is held to.
