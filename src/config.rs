@@ -39,7 +39,8 @@ pub struct Args {
     #[arg(long = "app", env = "IMCF_APP", value_delimiter = ',', hide_env_values = true, value_name = "ID[:TOKEN]")]
     pub apps: Vec<String>,
 
-    /// File of apps, one ID[:TOKEN] per line ('#' starts a comment), e.g. a mounted Kubernetes Secret.
+    /// File of apps, one ID[:TOKEN] per line ('#' starts a comment), e.g. a mounted Kubernetes Secret; reloaded
+    /// when it changes and on SIGHUP.
     #[arg(long, env = "IMCF_APPS_FILE", value_name = "PATH")]
     pub apps_file: Option<std::path::PathBuf>,
 
@@ -47,7 +48,8 @@ pub struct Args {
     #[arg(long, env = "IMCF_CALLBACK_TOKEN", hide_env_values = true)]
     pub callback_token: Option<String>,
 
-    /// File holding the callback token (a second line adds a second valid token, for rotation).
+    /// File holding the callback token (a second line adds a second valid token, for rotation); reloaded when it
+    /// changes and on SIGHUP.
     #[arg(long, env = "IMCF_CALLBACK_TOKEN_FILE", value_name = "PATH", conflicts_with = "callback_token")]
     pub callback_token_file: Option<std::path::PathBuf>,
 
