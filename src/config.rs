@@ -348,6 +348,8 @@ pub struct AppSources {
     callback_token_file: Option<std::path::PathBuf>,
     /// Apps may accept unsigned callbacks (a source allowlist, `--allow-unsigned` or `--dev`).
     unsigned_allowed: bool,
+    /// What the files held just before the running apps were read from them (not in `Debug`: tokens).
+    loaded: Vec<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for AppSources {
@@ -367,6 +369,18 @@ impl AppSources {
     /// The files read by [`AppSources::load_apps`] (`--apps-file`, `--callback-token-file`): those worth watching.
     pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
         self.apps_file.iter().chain(self.callback_token_file.iter()).map(|path| path.as_path())
+    }
+
+    /// What the files hold now (`None`: unreadable), in the order of [`AppSources::files`]: compared with an
+    /// earlier snapshot, it tells whether they changed.
+    pub fn snapshot(&self) -> Vec<Option<Vec<u8>>> {
+        self.files().map(|path| std::fs::read(path).ok()).collect()
+    }
+
+    /// The [`AppSources::snapshot`] taken just before the configuration was loaded: a change after it, even
+    /// while the service was still starting, differs from it.
+    pub fn loaded_snapshot(&self) -> &[Option<Vec<u8>>] {
+        &self.loaded
     }
 
     /// Reads the apps and their tokens from the flags and files; errors name the flag, file and line, never a
@@ -573,7 +587,9 @@ impl TryFrom<Args> for Config {
             callback_token: args.callback_token.clone(),
             callback_token_file: args.callback_token_file.clone(),
             unsigned_allowed: false,
+            loaded: Vec::new(),
         };
+        let app_sources = AppSources { loaded: app_sources.snapshot(), ..app_sources };
         let apps = app_sources.load_apps()?;
         for (flag, secs) in [
             ("--header-read-timeout", args.header_read_timeout),
@@ -789,6 +805,7 @@ mod tests {
         .unwrap();
         let sources = &config.app_sources;
         assert_eq!(sources.files().collect::<Vec<_>>(), vec![token_file.as_path()]);
+        assert_eq!(sources.loaded_snapshot(), [Some(b"secret-old\n".to_vec())]);
         let debug = format!("{config:?} {sources:?}");
         assert!(!debug.contains("secret"), "{debug}");
         std::fs::write(&token_file, "secret-new\n").unwrap();

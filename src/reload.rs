@@ -26,17 +26,10 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
 }
 
-/// What the watched files hold (`None`: unreadable), to notice a change.
-type Snapshot = Vec<Option<Vec<u8>>>;
-
 impl Reloader {
     /// A reloader of `sources` into `edge`.
     pub fn new(sources: AppSources, max_clock_skew: Duration, edge: Arc<CallbackEdge>, metrics: Arc<Metrics>) -> Self {
         Reloader { sources, max_clock_skew, edge, metrics }
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        self.sources.files().map(|path| std::fs::read(path).ok()).collect()
     }
 
     /// Reads the files again (blocking); on success the edge checks the next requests against the new apps and
@@ -76,8 +69,8 @@ pub fn spawn(reloader: Arc<Reloader>, interval: Duration) -> tokio::task::JoinHa
 
 async fn watch(reloader: Arc<Reloader>, interval: Duration, mut hangup: Option<tokio::signal::unix::Signal>) {
     let watched = reloader.sources.files().next().is_some();
-    let first = reloader.clone();
-    let Ok(mut last) = tokio::task::spawn_blocking(move || first.snapshot()).await else { return };
+    // What the running apps were read from: a change since, even while the spool was being recovered, reloads.
+    let mut last = reloader.sources.loaded_snapshot().to_vec();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,7 +87,7 @@ async fn watch(reloader: Arc<Reloader>, interval: Duration, mut hangup: Option<t
         let current = reloader.clone();
         let seen = std::mem::take(&mut last);
         let checked = tokio::task::spawn_blocking(move || {
-            let now = current.snapshot();
+            let now = current.sources.snapshot();
             if trigger == "sighup" || now != seen {
                 current.reload(trigger);
             }
