@@ -134,7 +134,8 @@ fn sighup_reloads_the_apps_file() {
     assert_eq!(status(&fwd, "secret-hup-a"), 200, "token A after a SIGHUP with no change");
 
     // A changed file, then SIGHUP: the new token is taken (by the SIGHUP, or the poll if it came first).
-    std::fs::write(&apps_file, format!("{APP_ID}:secret-hup-b\n")).expect("rewrite apps file");
+    // Renamed over, not written in place: a reload must never see a half-written file in this test.
+    replace_file(&apps_file, &format!("{APP_ID}:secret-hup-b\n"));
     hangup();
     wait_accepted(&fwd, "secret-hup-b", "SIGHUP");
     assert_eq!(status(&fwd, "secret-hup-a"), 401, "token A after the reload");
@@ -173,4 +174,45 @@ fn unparseable_apps_file_keeps_the_running_apps() {
     wait_accepted(&fwd, "secret-keep-c", "fixed file");
     assert_eq!(status(&fwd, "secret-keep-a"), 401, "token A after the fixed file");
     assert_no_token(&fwd, &["secret-keep-a", "secret-broken-b", "secret-keep-c"]);
+}
+
+#[test]
+fn callbacks_during_reloads_are_never_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "secret-busy-a\n").expect("write token file");
+    let fwd = start(&["--sdk-app-id", APP_ID, "--callback-token-file", token_file.to_str().unwrap()]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let refused = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            let mut refused = Vec::new();
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let got = status(&fwd, "secret-busy-a");
+                sent += 1;
+                if got != 200 {
+                    refused.push(got);
+                }
+            }
+            (sent, refused)
+        });
+        // Token A stays valid in every version of the file; each version is a reload (by the poll or a SIGHUP).
+        for round in 0..8 {
+            let text = if round % 2 == 0 { "secret-busy-b\nsecret-busy-a\n" } else { "secret-busy-a\nsecret-busy-b\n" };
+            replace_file(&token_file, text);
+            // SAFETY: kill(2) on the pid of our own, running child process.
+            assert_eq!(unsafe { libc::kill(fwd.pid() as libc::pid_t, libc::SIGHUP) }, 0, "kill(SIGHUP)");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        stop.store(true, Ordering::Relaxed);
+        sender.join().expect("sender thread")
+    });
+    let (sent, refused) = refused;
+    assert!(sent > 0, "no callback sent");
+    assert!(refused.is_empty(), "{} of {sent} callbacks refused during reloads: {refused:?}", refused.len());
+    // At least one reload per two rounds even if a busy machine coalesced signals and polls.
+    let m = metrics::scrape_until(&fwd.admin_addr, RELOADS_OK, RELOAD_TIMEOUT, |v| v >= 8.0);
+    assert!(m.get(RELOADS_OK).unwrap_or(0.0) >= 4.0, "reloads: {:?}", m.series("imcf_config_reloads_total"));
+    assert_eq!(m.get(RELOADS_FAILED), Some(0.0));
+    assert_no_token(&fwd, &["secret-busy-a", "secret-busy-b"]);
 }
