@@ -39,7 +39,8 @@ pub struct Args {
     #[arg(long = "app", env = "IMCF_APP", value_delimiter = ',', hide_env_values = true, value_name = "ID[:TOKEN]")]
     pub apps: Vec<String>,
 
-    /// File of apps, one ID[:TOKEN] per line ('#' starts a comment), e.g. a mounted Kubernetes Secret.
+    /// File of apps, one ID[:TOKEN] per line ('#' starts a comment), e.g. a mounted Kubernetes Secret; reloaded
+    /// when it changes and on SIGHUP.
     #[arg(long, env = "IMCF_APPS_FILE", value_name = "PATH")]
     pub apps_file: Option<std::path::PathBuf>,
 
@@ -47,7 +48,8 @@ pub struct Args {
     #[arg(long, env = "IMCF_CALLBACK_TOKEN", hide_env_values = true)]
     pub callback_token: Option<String>,
 
-    /// File holding the callback token (a second line adds a second valid token, for rotation).
+    /// File holding the callback token (a second line adds a second valid token, for rotation); reloaded when it
+    /// changes and on SIGHUP.
     #[arg(long, env = "IMCF_CALLBACK_TOKEN_FILE", value_name = "PATH", conflicts_with = "callback_token")]
     pub callback_token_file: Option<std::path::PathBuf>,
 
@@ -299,6 +301,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Accepted apps, each with the tokens that may sign for it (empty: no Sign check).
     pub apps: Vec<(u64, Vec<String>)>,
+    /// Where `apps` came from, to read them again when the files change (live reload).
+    pub app_sources: AppSources,
     /// Allowed `RequestTime` skew.
     pub max_clock_skew: Duration,
     /// Path of the callback endpoint.
@@ -331,6 +335,126 @@ pub struct Config {
     pub durability: Durability,
     /// The disk spool, if any.
     pub spool: Option<SpoolConfig>,
+}
+
+/// The flags and files the accepted apps and their tokens come from: [`AppSources::load_apps`] reads the files
+/// again, so that a rotated token or a new app is taken without a restart. `Debug` shows no token.
+#[derive(Clone)]
+pub struct AppSources {
+    sdk_app_ids: Vec<u64>,
+    apps: Vec<String>,
+    apps_file: Option<std::path::PathBuf>,
+    callback_token: Option<String>,
+    callback_token_file: Option<std::path::PathBuf>,
+    /// Apps may accept unsigned callbacks (a source allowlist, `--allow-unsigned` or `--dev`).
+    unsigned_allowed: bool,
+    /// What the files held just before the running apps were read from them (not in `Debug`: tokens).
+    loaded: Vec<Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for AppSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppSources")
+            .field("sdk_app_ids", &self.sdk_app_ids)
+            .field("apps", &redacted_apps(&self.apps))
+            .field("apps_file", &self.apps_file)
+            .field("callback_token", &self.callback_token.as_ref().map(|_| REDACTED))
+            .field("callback_token_file", &self.callback_token_file)
+            .field("unsigned_allowed", &self.unsigned_allowed)
+            .finish()
+    }
+}
+
+impl AppSources {
+    /// The files read by [`AppSources::load_apps`] (`--apps-file`, `--callback-token-file`): those worth watching.
+    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.apps_file.iter().chain(self.callback_token_file.iter()).map(|path| path.as_path())
+    }
+
+    /// What the files hold now (`None`: unreadable), in the order of [`AppSources::files`]: compared with an
+    /// earlier snapshot, it tells whether they changed.
+    pub fn snapshot(&self) -> Vec<Option<Vec<u8>>> {
+        self.files().map(|path| std::fs::read(path).ok()).collect()
+    }
+
+    /// The [`AppSources::snapshot`] taken just before the configuration was loaded: a change after it, even
+    /// while the service was still starting, differs from it.
+    pub fn loaded_snapshot(&self) -> &[Option<Vec<u8>>] {
+        &self.loaded
+    }
+
+    /// Reads the apps and their tokens from the flags and files; errors name the flag, file and line, never a
+    /// token. Apps without a token of their own are signed with the global token(s).
+    pub fn load_apps(&self) -> Result<Vec<(u64, Vec<String>)>, ConfigError> {
+        let global_tokens = match (&self.callback_token, &self.callback_token_file) {
+            (Some(token), _) => vec![checked_token("--callback-token", token.clone())?],
+            (None, Some(path)) => {
+                let tokens = read_lines("--callback-token-file", path)?;
+                if tokens.len() > 2 {
+                    return Err(ConfigError::TooManyTokens(tokens.len()));
+                }
+                tokens
+                    .into_iter()
+                    .map(|(_, token)| checked_token("--callback-token-file", token))
+                    .collect::<Result<_, _>>()?
+            }
+            (None, None) => Vec::new(),
+        };
+        let mut apps: Vec<(u64, Vec<String>)> = Vec::new();
+        let mut add = |id: u64, token: Option<String>| {
+            let index = apps.iter().position(|(known, _)| *known == id).unwrap_or_else(|| {
+                apps.push((id, Vec::new()));
+                apps.len() - 1
+            });
+            if let Some(token) = token {
+                if !apps[index].1.contains(&token) {
+                    apps[index].1.push(token);
+                }
+            }
+        };
+        for id in &self.sdk_app_ids {
+            add(*id, None);
+        }
+        let file_entries = match &self.apps_file {
+            Some(path) => read_lines("--apps-file", path)?,
+            None => Vec::new(),
+        };
+        let entries = self
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| ("--app", index + 1, entry.clone()))
+            .chain(file_entries.into_iter().map(|(line, entry)| ("--apps-file", line, entry)));
+        for (flag, position, entry) in entries {
+            let (id, token) = match entry.split_once(':') {
+                Some((id, token)) => (id, Some(checked_token(flag, token.to_owned())?)),
+                None => (entry.as_str(), None),
+            };
+            let id = id.trim().parse::<u64>().map_err(|_| ConfigError::AppEntry { flag, position })?;
+            add(id, token);
+        }
+        if apps.is_empty() {
+            return Err(ConfigError::NoApp);
+        }
+        for (_, tokens) in &mut apps {
+            if tokens.is_empty() {
+                tokens.clone_from(&global_tokens);
+            }
+        }
+        Ok(apps)
+    }
+
+    /// [`AppSources::load_apps`], also refusing apps left without a token when the running configuration does
+    /// not allow unsigned callbacks (as the start does).
+    pub fn reload_apps(&self) -> Result<Vec<(u64, Vec<String>)>, ConfigError> {
+        let apps = self.load_apps()?;
+        let unsigned: Vec<String> =
+            apps.iter().filter(|(_, tokens)| tokens.is_empty()).map(|(id, _)| id.to_string()).collect();
+        if !unsigned.is_empty() && !self.unsigned_allowed {
+            return Err(ConfigError::Unsigned(unsigned.join(", ")));
+        }
+        Ok(apps)
+    }
 }
 
 /// Size at which a spool segment is closed and a new one started.
@@ -456,62 +580,17 @@ impl TryFrom<Args> for Config {
         if !args.callback_path.starts_with('/') {
             return Err(ConfigError::CallbackPath(args.callback_path));
         }
-        let global_tokens = match (&args.callback_token, &args.callback_token_file) {
-            (Some(token), _) => vec![checked_token("--callback-token", token.clone())?],
-            (None, Some(path)) => {
-                let tokens = read_lines("--callback-token-file", path)?;
-                if tokens.len() > 2 {
-                    return Err(ConfigError::TooManyTokens(tokens.len()));
-                }
-                tokens
-                    .into_iter()
-                    .map(|(_, token)| checked_token("--callback-token-file", token))
-                    .collect::<Result<_, _>>()?
-            }
-            (None, None) => Vec::new(),
+        let app_sources = AppSources {
+            sdk_app_ids: args.sdk_app_ids.clone(),
+            apps: args.apps.clone(),
+            apps_file: args.apps_file.clone(),
+            callback_token: args.callback_token.clone(),
+            callback_token_file: args.callback_token_file.clone(),
+            unsigned_allowed: false,
+            loaded: Vec::new(),
         };
-        let mut apps: Vec<(u64, Vec<String>)> = Vec::new();
-        let mut add = |id: u64, token: Option<String>| {
-            let index = apps.iter().position(|(known, _)| *known == id).unwrap_or_else(|| {
-                apps.push((id, Vec::new()));
-                apps.len() - 1
-            });
-            if let Some(token) = token {
-                if !apps[index].1.contains(&token) {
-                    apps[index].1.push(token);
-                }
-            }
-        };
-        for id in &args.sdk_app_ids {
-            add(*id, None);
-        }
-        let file_entries = match &args.apps_file {
-            Some(path) => read_lines("--apps-file", path)?,
-            None => Vec::new(),
-        };
-        let entries = args
-            .apps
-            .iter()
-            .enumerate()
-            .map(|(index, entry)| ("--app", index + 1, entry.clone()))
-            .chain(file_entries.into_iter().map(|(line, entry)| ("--apps-file", line, entry)));
-        for (flag, position, entry) in entries {
-            let (id, token) = match entry.split_once(':') {
-                Some((id, token)) => (id, Some(checked_token(flag, token.to_owned())?)),
-                None => (entry.as_str(), None),
-            };
-            let id = id.trim().parse::<u64>().map_err(|_| ConfigError::AppEntry { flag, position })?;
-            add(id, token);
-        }
-        if apps.is_empty() {
-            return Err(ConfigError::NoApp);
-        }
-        // Apps without a token of their own are signed with the global one(s).
-        for (_, tokens) in &mut apps {
-            if tokens.is_empty() {
-                tokens.clone_from(&global_tokens);
-            }
-        }
+        let app_sources = AppSources { loaded: app_sources.snapshot(), ..app_sources };
+        let apps = app_sources.load_apps()?;
         for (flag, secs) in [
             ("--header-read-timeout", args.header_read_timeout),
             ("--body-read-timeout", args.body_read_timeout),
@@ -546,9 +625,11 @@ impl TryFrom<Args> for Config {
             .collect::<Result<Vec<_>, _>>()?;
         let unsigned: Vec<String> =
             apps.iter().filter(|(_, tokens)| tokens.is_empty()).map(|(id, _)| id.to_string()).collect();
-        if !unsigned.is_empty() && source.is_open() && !args.allow_unsigned && !args.dev {
+        let unsigned_allowed = !source.is_open() || args.allow_unsigned || args.dev;
+        if !unsigned.is_empty() && !unsigned_allowed {
             return Err(ConfigError::Unsigned(unsigned.join(", ")));
         }
+        let app_sources = AppSources { unsigned_allowed, ..app_sources };
         let peer_allowlist = source.checks_peers_at_accept().then(|| source.clone());
         let proxies = source.has_trusted_proxies().then(|| source.clone());
         let kafka = match (args.dev, args.kafka_brokers) {
@@ -559,6 +640,7 @@ impl TryFrom<Args> for Config {
             listen: args.listen,
             admin_listen: args.admin_listen,
             apps,
+            app_sources,
             max_clock_skew: Duration::from_secs(args.max_clock_skew),
             callback_path: args.callback_path,
             source,
@@ -703,6 +785,40 @@ mod tests {
         let config =
             parse(&["--sdk-app-id", "1", "--dev", "-X", "a.b=1", "--kafka-property", "sasl.jaas=x=y"]).unwrap();
         assert_eq!(config.kafka_properties, vec![("a.b".into(), "1".into()), ("sasl.jaas".into(), "x=y".into())]);
+    }
+
+    #[test]
+    fn app_sources_read_the_files_again_and_hide_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "secret-old\n").unwrap();
+        let config = parse(&[
+            "--sdk-app-id",
+            "1",
+            "--app",
+            "2:secret-flag",
+            "--callback-token-file",
+            token_file.to_str().unwrap(),
+            "--kafka-brokers",
+            "k:9092",
+        ])
+        .unwrap();
+        let sources = &config.app_sources;
+        assert_eq!(sources.files().collect::<Vec<_>>(), vec![token_file.as_path()]);
+        assert_eq!(sources.loaded_snapshot(), [Some(b"secret-old\n".to_vec())]);
+        let debug = format!("{config:?} {sources:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        std::fs::write(&token_file, "secret-new\n").unwrap();
+        assert_eq!(
+            sources.reload_apps().unwrap(),
+            vec![(1, vec!["secret-new".to_owned()]), (2, vec!["secret-flag".to_owned()])]
+        );
+        // A token file emptied: app 1 would accept unsigned callbacks, which this configuration did not allow.
+        std::fs::write(&token_file, "# rotated away\n").unwrap();
+        let err = sources.reload_apps().unwrap_err().to_string();
+        assert!(err.contains("app(s) 1 have no callback token"), "{err}");
+        std::fs::write(&token_file, "a\nb\nc\n").unwrap();
+        assert!(matches!(sources.reload_apps(), Err(ConfigError::TooManyTokens(3))));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod reload;
 pub mod seam;
 pub mod sink;
 pub mod spool;
@@ -176,7 +177,7 @@ impl App {
     ) -> ShutdownReport {
         let App { config, metrics, sink, read_back, embedded } = self;
         let settings = EdgeSettings {
-            apps: AppRegistry::new(config.apps.clone(), config.max_clock_skew),
+            apps: arc_swap::ArcSwap::from_pointee(AppRegistry::new(config.apps.clone(), config.max_clock_skew)),
             callback_path: config.callback_path.clone(),
             source: config.source.clone(),
             max_body_bytes: config.max_body_bytes,
@@ -186,6 +187,9 @@ impl App {
             routing: config.routing,
         };
         let edge = Arc::new(CallbackEdge::new(settings, sink.clone(), metrics.clone()));
+        let reloader =
+            reload::Reloader::new(config.app_sources.clone(), config.max_clock_skew, edge.clone(), metrics.clone());
+        let reload_task = reload::spawn(Arc::new(reloader), reload::POLL_INTERVAL);
         let admin_edge = Arc::new(AdminEdge::new(metrics, sink.clone()));
 
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -222,6 +226,8 @@ impl App {
             config.shutdown_timeout / 2,
         )
         .await;
+        reload_task.abort();
+        let _ = reload_task.await;
         edge.close();
 
         let deadline = deadline.get().copied().unwrap_or_else(|| Instant::now() + config.shutdown_timeout);

@@ -48,6 +48,9 @@ pub const SPOOL_REASONS: &[&str] = &["write_ahead", "queue_full", "produce_faile
 /// Every value of the `reason` label of `imcf_replay_deferred_total`.
 pub const REPLAY_DEFER_REASONS: &[&str] = &["topic_unavailable", "produce_error", "producer_fatal", "read_error"];
 
+/// Every value of the `result` label of `imcf_config_reloads_total`.
+pub const RELOAD_RESULTS: &[&str] = &["ok", "failed"];
+
 /// Every value of the `reason` label of `imcf_kafka_ready` (a state set: exactly one is 1).
 pub const KAFKA_READY_REASONS: &[&str] =
     &["ok", "no_metadata_yet", "metadata_failed", "metadata_stale", "topic_missing"];
@@ -101,6 +104,9 @@ pub struct Metrics {
     /// Producers rebuilt after a fatal error.
     pub producer_restarts: IntCounter,
     replay_deferred: IntCounterVec,
+    config_reloads: IntCounterVec,
+    /// Unix time the apps and tokens were last loaded successfully (at start, then by each reload).
+    pub config_last_reload_success: IntGauge,
     kafka_up: IntGauge,
     kafka_ready: IntGaugeVec,
     kafka_topics_missing: IntGauge,
@@ -135,6 +141,10 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
     let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -220,6 +230,21 @@ impl Metrics {
         for reason in KAFKA_READY_REASONS {
             kafka_ready.with_label_values(&[reason]);
         }
+        let config_reloads = counter_vec(
+            &registry,
+            "imcf_config_reloads_total",
+            "Reloads of --apps-file and --callback-token-file (on change or SIGHUP), by result.",
+            "result",
+        );
+        for result in RELOAD_RESULTS {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_last_reload_success = gauge(
+            &registry,
+            "imcf_config_last_reload_success_timestamp_seconds",
+            "Unix time the apps and tokens were last loaded successfully (at start, then on reload).",
+        );
+        config_last_reload_success.set(unix_now());
         Metrics {
             accepted: callbacks.with_label_values(&["accepted"]),
             ignored: callbacks.with_label_values(&["ignored"]),
@@ -293,6 +318,8 @@ impl Metrics {
                 "Kafka producers rebuilt after a fatal error (what they held went back to the spool).",
             ),
             replay_deferred,
+            config_reloads,
+            config_last_reload_success,
             kafka_up: gauge(
                 &registry,
                 "imcf_kafka_up",
@@ -312,6 +339,14 @@ impl Metrics {
     /// Counts one spooled record the replayer left for later (`reason` from [`REPLAY_DEFER_REASONS`]).
     pub fn replay_deferred(&self, reason: &'static str) {
         self.replay_deferred.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one reload of the apps and tokens; a successful one also sets the last-success time.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+        if ok {
+            self.config_last_reload_success.set(unix_now());
+        }
     }
 
     /// Sets Kafka's exported state: `up`, the current `reason` (from [`KAFKA_READY_REASONS`]), missing topics.

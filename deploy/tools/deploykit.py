@@ -76,6 +76,9 @@ CATALOGUE = {
     "imcf_kafka_topics_missing": ("gauge", []),
     "imcf_kafka_producer_restarts_total": ("counter", []),
     "imcf_build_info": ("gauge", ["version"]),
+    # Live reload of --apps-file and --callback-token-file (issue 12).
+    "imcf_config_reloads_total": ("counter", ["result"]),
+    "imcf_config_last_reload_success_timestamp_seconds": ("gauge", []),
     # Durability (the disk spool) and data loss.
     "imcf_events_lost_total": ("counter", []),
     "imcf_spool_events": ("gauge", []),
@@ -139,6 +142,8 @@ SPOOL_REASONS = ["write_ahead", "queue_full", "produce_failed", "delivery_failed
 REPLAY_DEFER_REASONS = ["topic_unavailable", "produce_error", "producer_fatal", "read_error"]
 # imcf_kafka_ready{reason}: a state set, exactly one is 1.
 KAFKA_READY_REASONS = ["ok", "no_metadata_yet", "metadata_failed", "metadata_stale", "topic_missing"]
+# imcf_config_reloads_total{result}: reloads of the apps and token files.
+RELOAD_RESULTS = ["ok", "failed"]
 # Not `quantile`: Prometheus reserves that label for summaries, and promtool check metrics says so.
 BROKER_PERCENTILES = ["p50", "p99"]
 # Label values by label name, for any catalogue metric with that label (`reason` differs by
@@ -154,6 +159,7 @@ ENUMERATED_LABELS = {
     "imcf_kafka_broker_rtt_seconds": ("percentile", BROKER_PERCENTILES),
     "imcf_kafka_ready": ("reason", KAFKA_READY_REASONS),
     "imcf_replay_deferred_total": ("reason", REPLAY_DEFER_REASONS),
+    "imcf_config_reloads_total": ("result", RELOAD_RESULTS),
 }
 
 failures = []

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
@@ -143,8 +144,8 @@ pub struct Topics {
 
 /// Everything the callback endpoint checks requests against.
 pub struct EdgeSettings {
-    /// Accepted apps and their tokens.
-    pub apps: AppRegistry,
+    /// Accepted apps and their tokens; [`CallbackEdge::replace_apps`] swaps them atomically (live reload).
+    pub apps: ArcSwap<AppRegistry>,
     /// Path of the endpoint.
     pub callback_path: String,
     /// Who may call.
@@ -299,7 +300,7 @@ enum Accepted {
 impl CallbackEdge {
     /// An endpoint publishing through `sink`.
     pub fn new(settings: EdgeSettings, sink: Arc<KafkaSink>, metrics: Arc<Metrics>) -> Self {
-        let retention = replay_retention(settings.apps.max_clock_skew());
+        let retention = replay_retention(settings.apps.load().max_clock_skew());
         CallbackEdge {
             settings,
             clock: AnchoredClock::new(),
@@ -309,6 +310,12 @@ impl CallbackEdge {
             metrics,
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// Replaces the accepted apps and tokens (live reload): requests already past their Sign check are not
+    /// affected, the next ones are checked against `apps`. The clock skew (and so the replay window) stays.
+    pub fn replace_apps(&self, apps: AppRegistry) {
+        self.settings.apps.store(Arc::new(apps));
     }
 
     /// The `imcf_callbacks_total` series of `outcome`, for refusals made before a request is read (at accept).
@@ -364,9 +371,12 @@ impl CallbackEdge {
         let now_unix = self.clock.now_unix_secs();
         let raw_query = RawQuery::parse(query)?;
         let signature = self.replays.fingerprint((CaseFolded(raw_query.sign()), raw_query.request_time()));
-        let authenticated = settings.apps.authenticate(raw_query, now_unix)?;
+        // One registry for the whole check: a reload meanwhile applies to the next request.
+        let apps = settings.apps.load();
+        let authenticated = apps.authenticate(raw_query, now_unix)?;
         // An unsigned app's Sign and RequestTime are not verified, so they do not make the same body another callback.
-        let signature = if settings.apps.requires_sign(authenticated.sdk_app_id) { signature } else { 0 };
+        let signature = if apps.requires_sign(authenticated.sdk_app_id) { signature } else { 0 };
+        drop(apps);
         let body = self.read_body(&parts, body).await?;
         if let Some(declared) = self.non_json_declaration(&authenticated) {
             let err = EdgeError::UnsupportedContentType(declared);

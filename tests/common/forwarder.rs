@@ -292,6 +292,11 @@ impl Forwarder {
         last
     }
 
+    /// The process id, to send it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let pid = self.child.id() as libc::pid_t;
