@@ -488,12 +488,7 @@ impl KafkaSink {
     /// Kafka's state with a line for humans.
     pub fn kafka_status(&self) -> (KafkaStatus, String) {
         let kafka = self.kafka.lock().expect("kafka lock");
-        let missing: Vec<&str> = self
-            .configured_topics
-            .iter()
-            .filter(|t| matches!(kafka.topics.get(*t), Some(TopicStatus::Missing(_))))
-            .map(String::as_str)
-            .collect();
+        let missing = self.missing_topics(&kafka);
         match (kafka.last_success, &kafka.last_error) {
             (None, None) => (KafkaStatus::NoMetadataYet, "no Kafka metadata request has succeeded yet".into()),
             (_, Some(err)) => (KafkaStatus::MetadataFailed, format!("Kafka metadata request failed: {err}")),
@@ -512,14 +507,17 @@ impl KafkaSink {
         let (status, _) = self.kafka_status();
         let up =
             !matches!(status, KafkaStatus::NoMetadataYet | KafkaStatus::MetadataFailed | KafkaStatus::MetadataStale);
-        let missing = {
-            let kafka = self.kafka.lock().expect("kafka lock");
-            self.configured_topics
-                .iter()
-                .filter(|t| matches!(kafka.topics.get(*t), Some(TopicStatus::Missing(_))))
-                .count()
-        };
+        let missing = self.missing_topics(&self.kafka.lock().expect("kafka lock")).len();
         self.metrics.kafka_state(up, status.label(), missing as i64);
+    }
+
+    /// The configured topics the last metadata said are missing or not visible.
+    fn missing_topics<'a>(&'a self, kafka: &KafkaStateInner) -> Vec<&'a str> {
+        self.configured_topics
+            .iter()
+            .filter(|t| matches!(kafka.topics.get(*t), Some(TopicStatus::Missing(_))))
+            .map(String::as_str)
+            .collect()
     }
 
     /// True when the topic's last metadata says it exists and Kafka answered recently; a topic not watched
