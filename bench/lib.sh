@@ -9,6 +9,7 @@ FORWARDER=$RELEASE_DIR/im-callback-forwarder
 CEILING=$RELEASE_DIR/examples/ceiling
 LOADGEN=$RELEASE_DIR/examples/loadgen
 COUNT_TOPIC=$RELEASE_DIR/examples/count_topic
+FSYNC_PROBE=$RELEASE_DIR/examples/fsync_probe
 TOPIC=${TOPIC:-im.group.send-msg-exception}
 DEAD_LETTER_TOPIC=${DEAD_LETTER_TOPIC:-$TOPIC.dead-letter}
 PARTITIONS=${PARTITIONS:-3}
@@ -80,12 +81,12 @@ build() {
     if [[ ${SKIP_BUILD:-0} == 1 ]]; then
         log "SKIP_BUILD=1: using existing binaries in $RELEASE_DIR"
     else
-        log "building release binaries (forwarder, ceiling, loadgen, count_topic)"
-        local bins=(--example ceiling --example loadgen --example count_topic)
+        log "building release binaries (forwarder, ceiling, loadgen, count_topic, fsync_probe)"
+        local bins=(--example ceiling --example loadgen --example count_topic --example fsync_probe)
         [[ -n ${REV:-} ]] || bins+=(--bin im-callback-forwarder)
         (cd "$ROOT" && cargo build --release --quiet "${bins[@]}") || die "cargo build failed"
     fi
-    for bin in "$FORWARDER" "$CEILING" "$LOADGEN" "$COUNT_TOPIC"; do
+    for bin in "$FORWARDER" "$CEILING" "$LOADGEN" "$COUNT_TOPIC" "$FSYNC_PROBE"; do
         [[ -x $bin ]] || die "missing $bin"
     done
     # Private copies: a concurrent `cargo build` cannot replace them mid-run, and the names match no one
@@ -93,11 +94,12 @@ build() {
     mkdir -p "$OUT/bin"
     local forwarder_built=$FORWARDER
     cp "$FORWARDER" "$OUT/bin/imcf-bench-forwarder"
-    cp "$CEILING" "$LOADGEN" "$COUNT_TOPIC" "$OUT/bin/"
+    cp "$CEILING" "$LOADGEN" "$COUNT_TOPIC" "$FSYNC_PROBE" "$OUT/bin/"
     FORWARDER=$OUT/bin/imcf-bench-forwarder
     CEILING=$OUT/bin/ceiling
     LOADGEN=$OUT/bin/loadgen
     COUNT_TOPIC=$OUT/bin/count_topic
+    FSYNC_PROBE=$OUT/bin/fsync_probe
     {
         echo "forwarder built from: $built_from"
         echo "HEAD: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -174,13 +176,16 @@ start_forwarder() {
     ADMIN_ADDR=$(jq -r '.fields.admin_addr' <<<"$line")
     local i
     # Ready, and (readiness does not follow Kafka) Kafka seen with every topic: the load starts on a warm producer.
-    local kafka_ok="ready; kafka: Kafka reachable, every topic exists"
+    # Builds older than that change (REV=) answer a bare "ready" only once Kafka is up.
+    local kafka_ok="ready; kafka: Kafka reachable, every topic exists" answer
+    warm() { [[ $answer == "$kafka_ok" || ($answer == ready* && $answer != *kafka:*) ]]; }
     for ((i = 0; i < ${START_TIMEOUT:-60} * 2; i++)); do
-        [[ $(curl -s "http://$ADMIN_ADDR/readyz") == "$kafka_ok" ]] && break
+        answer=$(curl -s "http://$ADMIN_ADDR/readyz")
+        warm && break
         kill -0 "$FWD_PID" 2>/dev/null || die "forwarder exited (see $out/$FWD_LOG)"
         sleep 0.5
     done
-    [[ $(curl -s "http://$ADMIN_ADDR/readyz") == "$kafka_ok" ]] || die "forwarder not ready: $(curl -s "http://$ADMIN_ADDR/readyz")"
+    warm || die "forwarder not ready: $answer"
     log "forwarder on $CALLBACK_ADDR, admin $ADMIN_ADDR (pid $FWD_PID), ready"
 }
 

@@ -96,54 +96,81 @@ def aggregate(server, mode):
     }
 
 
-sat_c, sat_f = aggregate("ceiling", "closed"), aggregate("forwarder", "closed")
-sat_k = aggregate("floor", "closed")
-rate_f, rate_c = aggregate("forwarder", "open"), aggregate("ceiling", "open")
+sat_c, sat_f = aggregate("ceiling", "closed"), aggregate("memory", "closed")
+sat_d, sat_k = aggregate("disk", "closed"), aggregate("floor", "closed")
+rate_f, rate_d, rate_c = aggregate("memory", "open"), aggregate("disk", "open"), aggregate("ceiling", "open")
 events = kafka["events"]
-ratio = sat_f["throughput"] / sat_c["throughput"] if sat_c and sat_f else None
-checks = {
-    "forwarder/ceiling >= 0.8 at saturation": ratio is not None and ratio >= 0.8,
-    "p99 ack <= 2 ms at the fixed rate": rate_f is not None and rate_f["p99_ms"] <= 2.0,
-    "peak RSS < 64 MiB at the fixed rate": rate_f is not None and rate_f["peak_rss_mib"] < 64,
-    "accepted == delivered (records consumed)": events["records"] == kafka["accepted"] and not events["timed_out"],
-    "every delivered record has a distinct event_id": events["distinct_event_ids"] == events["records"],
-    "no dead letters (every generated body valid)": kafka["dead_letters"]["records"] == 0,
-    "no failed requests": all(a is None or a["failed"] == 0 for a in (sat_c, sat_f, sat_k, rate_f, rate_c)),
-}
+probe = {}
+if (out / "fsync.jsonl").exists():
+    probe = {p["file"]: p for p in (json.loads(line) for line in (out / "fsync.jsonl").read_text().splitlines() if line)}
+sync = probe.get("growing")
+
+
+def ratio_of(a, b):
+    return a["throughput"] / b["throughput"] if a and b else None
+
+
+ratio = ratio_of(sat_f, sat_c)
+disk_ratio = ratio_of(sat_d, sat_f)
+floor_ratio = ratio_of(sat_f, sat_k)
+disk_p99_limit = rate_f["p99_ms"] + 2 * sync["p99_ms"] if rate_f and sync else None
+checks = {}
+if ratio is not None:
+    checks["memory/ceiling >= 0.8 at saturation (issue 6)"] = ratio >= 0.8
+if floor_ratio is not None:
+    checks["memory/floor >= 0.8 at saturation (issue 13)"] = floor_ratio >= 0.8
+if disk_ratio is not None:
+    checks["disk/memory >= 0.85 at saturation (issue 13)"] = disk_ratio >= 0.85
+if sat_d:
+    checks["disk peak RSS at saturation < 48 MiB (issue 13)"] = sat_d["peak_rss_mib"] < 48
+if rate_f:
+    checks["memory p99 ack <= 2 ms at the fixed rate (issue 6)"] = rate_f["p99_ms"] <= 2.0
+    checks["memory peak RSS < 64 MiB at the fixed rate (issue 6)"] = rate_f["peak_rss_mib"] < 64
+if rate_d and disk_p99_limit is not None:
+    checks["disk p99 <= memory p99 + 2 x fdatasync p99 at the fixed rate (issue 13)"] = rate_d["p99_ms"] <= disk_p99_limit
+checks["accepted == delivered (records consumed)"] = events["records"] == kafka["accepted"] and not events["timed_out"]
+checks["every delivered record has a distinct event_id"] = events["distinct_event_ids"] == events["records"]
+checks["no dead letters (every generated body valid)"] = kafka["dead_letters"]["records"] == 0
+checks["no failed requests"] = all(
+    a is None or a["failed"] == 0 for a in (sat_c, sat_f, sat_d, sat_k, rate_f, rate_d, rate_c)
+)
 
 rate = next((p["rate"] for p in phases if p["mode"] == "open"), None)
-if not (sat_c and sat_f):
-    checks.pop("forwarder/ceiling >= 0.8 at saturation")
-if not rate_f:
-    checks.pop("p99 ack <= 2 ms at the fixed rate")
-    checks.pop("peak RSS < 64 MiB at the fixed rate")
 lines += [
     "",
-    f"config: {kafka['config']}  forwarder args: {kafka['forwarder_args'] or '(defaults)'}",
+    f"config: {kafka['config']}  forwarders: {kafka.get('forwarders', 'memory')}"
+    f"  extra args: {kafka['forwarder_args'] or '(defaults)'}",
     f"machine: {kafka['nproc']} cores, {kafka['cpu']}; load average at end {kafka['loadavg_at_end']}",
 ]
-if sat_c and sat_f:
+for name, p in probe.items():
     lines += [
-        f"saturation (closed loop): ceiling {sat_c['throughput']:.0f} req/s, forwarder {sat_f['throughput']:.0f} req/s,"
-        f" ratio {ratio:.3f}",
-        f"  CPU s per 1,000 callbacks: ceiling {fmt(sat_c['cpu_s_per_1k'], 3)}, forwarder {fmt(sat_f['cpu_s_per_1k'], 3)}",
+        f"fdatasync probe ({name} file, append of {p['bytes']} bytes + fdatasync, {p['count']} times):"
+        f" p50 {p['p50_ms']:.3f} p99 {p['p99_ms']:.3f} max {p['max_ms']:.3f} ms"
     ]
-if sat_c and sat_k:
+if sat_c:
+    lines += [f"saturation (closed loop): ceiling {sat_c['throughput']:.0f} req/s, CPU s/1k {fmt(sat_c['cpu_s_per_1k'], 3)}"]
+for name, agg in (("memory", sat_f), ("disk", sat_d), ("Kafka floor", sat_k)):
+    if agg:
+        lines += [
+            f"  {name}: {agg['throughput']:.0f} req/s"
+            + (f", /ceiling {agg['throughput'] / sat_c['throughput']:.3f}" if sat_c else "")
+            + f", CPU s/1k {fmt(agg['cpu_s_per_1k'], 3)}, peak RSS {agg['peak_rss_mib']:.1f} MiB"
+        ]
+if floor_ratio is not None:
+    lines += [f"  memory/floor {floor_ratio:.3f}"]
+if disk_ratio is not None:
+    lines += [f"  disk/memory {disk_ratio:.3f}"]
+for name, agg in (("memory", rate_f), ("disk", rate_d), ("ceiling", rate_c)):
+    if agg:
+        lines += [
+            f"fixed rate {rate:.0f}/s (open loop), {name}: {agg['throughput']:.0f} req/s, ack p50 {agg['p50_ms']:.3f}"
+            f" p99 {agg['p99_ms']:.3f} p99.9 {agg['p999_ms']:.3f} ms, peak RSS {agg['peak_rss_mib']:.1f} MiB,"
+            f" {fmt(agg['cpu_s_per_1k'], 3)} CPU s per 1,000 callbacks"
+        ]
+if disk_p99_limit is not None and rate_d:
     lines += [
-        f"Kafka floor (the ceiling that also produces each body to Kafka): {sat_k['throughput']:.0f} req/s,"
-        f" floor/ceiling {sat_k['throughput'] / sat_c['throughput']:.3f},"
-        f" CPU s per 1,000 callbacks {fmt(sat_k['cpu_s_per_1k'], 3)}"
-        + (f"; forwarder/floor {sat_f['throughput'] / sat_k['throughput']:.3f}" if sat_f else ""),
-    ]
-if rate_f:
-    lines += [
-        f"fixed rate {rate:.0f}/s (open loop): forwarder {rate_f['throughput']:.0f} req/s, ack p50 {rate_f['p50_ms']:.3f}"
-        f" p99 {rate_f['p99_ms']:.3f} p99.9 {rate_f['p999_ms']:.3f} ms, peak RSS {rate_f['peak_rss_mib']:.1f} MiB,"
-        f" {fmt(rate_f['cpu_s_per_1k'], 3)} CPU s per 1,000 callbacks",
-    ]
-if rate_c:
-    lines += [
-        f"  ceiling at the same rate: p50 {rate_c['p50_ms']:.3f} p99 {rate_c['p99_ms']:.3f} p99.9 {rate_c['p999_ms']:.3f} ms",
+        f"  disk p99 {rate_d['p99_ms']:.3f} ms vs the limit memory p99 + 2 x fdatasync p99 ="
+        f" {rate_f['p99_ms']:.3f} + 2 x {sync['p99_ms']:.3f} = {disk_p99_limit:.3f} ms"
     ]
 lines += [
     f"Kafka: accepted {kafka['accepted']} (imcf_callbacks_total, {kafka.get('forwarder_instances', 1)} forwarder processes),"
@@ -158,8 +185,17 @@ print("\n".join(lines))
 (out / "summary.json").write_text(
     json.dumps(
         {
-            "saturation": {"ceiling": sat_c, "forwarder": sat_f, "floor": sat_k, "ratio": ratio},
-            "rate": {"rate": rate, "forwarder": rate_f, "ceiling": rate_c},
+            "fsync_probe": probe,
+            "saturation": {
+                "ceiling": sat_c,
+                "memory": sat_f,
+                "disk": sat_d,
+                "floor": sat_k,
+                "memory_over_ceiling": ratio,
+                "memory_over_floor": floor_ratio,
+                "disk_over_memory": disk_ratio,
+            },
+            "rate": {"rate": rate, "memory": rate_f, "disk": rate_d, "ceiling": rate_c, "disk_p99_limit_ms": disk_p99_limit},
             "kafka": kafka,
             "checks": checks,
         },

@@ -11,6 +11,12 @@
 //! - a frame that cannot be read back is retried later; one proven undecodable moves to `quarantine/`;
 //! - a segment is deleted only when every record in it is delivered, and the directory is synced after.
 //!
+//! Speed (issue 13): the writer thread takes every append that queued up while the previous fdatasync ran (group
+//! commit), writes consecutive frames of a segment with one `write` (at most [`MAX_RUN_BYTES`]; a failed run is
+//! cut back and retried frame by frame, so that one bad frame refuses only itself), and syncs once. Kafka's
+//! acknowledgements do not wake it: they are collected in a list it settles after each commit, or every
+//! [`ACK_SETTLE_INTERVAL`] when idle.
+//!
 //! One forwarder per directory: [`Spool::open`] takes [`lock::DirLock`] (`DIR/LOCK`) for as long as the spool is
 //! open. [`scan`] is the read-only view of the segments that recovery and the operator tools share.
 
@@ -97,16 +103,24 @@ enum AfterWrite {
     Replay,
 }
 
-enum Command {
-    Append { frame: Vec<u8>, then: AfterWrite },
-    Ack(RecordRef),
+/// One frame for the writer.
+struct Append {
+    frame: Vec<u8>,
+    then: AfterWrite,
 }
+
+/// Consecutive frames are written with one `write` of at most this many bytes (a bound on the writer's buffer).
+pub const MAX_RUN_BYTES: usize = 256 * 1024;
+/// How often an idle writer settles Kafka's acknowledgements (deletes delivered segments).
+pub const ACK_SETTLE_INTERVAL: Duration = Duration::from_millis(50);
 
 struct Shared {
     used_bytes: AtomicU64,
     max_bytes: u64,
     replay: Mutex<VecDeque<RecordRef>>,
     replay_ready: Condvar,
+    // Delivered records not yet settled by the writer: a push costs no wake-up of the writer thread.
+    acks: Mutex<Vec<RecordRef>>,
     metrics: Arc<Metrics>,
 }
 
@@ -125,7 +139,7 @@ impl Shared {
 pub struct Spool {
     dir: PathBuf,
     shared: Arc<Shared>,
-    commands: Mutex<Option<mpsc::Sender<Command>>>,
+    commands: Mutex<Option<mpsc::Sender<Append>>>,
     writer: Mutex<Option<JoinHandle<u64>>>,
     // Records still in the spool when the writer stopped (set by `close`).
     left_at_close: Mutex<Option<u64>>,
@@ -240,6 +254,7 @@ impl Spool {
             max_bytes: config.max_bytes,
             replay: Mutex::new(recovered),
             replay_ready: Condvar::new(),
+            acks: Mutex::new(Vec::new()),
             metrics,
         });
         let active_segment = paths.last().map_or(1, |(n, _)| n + 1);
@@ -254,6 +269,7 @@ impl Spool {
             segments,
             shared: shared.clone(),
             deleted: false,
+            run: Vec::new(),
         };
         let handle = thread::Builder::new()
             .name("spool-writer".into())
@@ -304,7 +320,7 @@ impl Spool {
         self.shared.release(bytes);
     }
 
-    fn send(&self, command: Command) -> Result<(), SpoolError> {
+    fn send(&self, command: Append) -> Result<(), SpoolError> {
         let commands = self.commands.lock().expect("spool lock");
         commands.as_ref().ok_or(SpoolError::Closed)?.send(command).map_err(|_| SpoolError::Closed)
     }
@@ -314,7 +330,7 @@ impl Spool {
         let len = frame.len() as u64;
         self.reserve(len)?;
         let (reply, written) = oneshot::channel();
-        self.send(Command::Append { frame, then: AfterWrite::Reply(reply) }).inspect_err(|_| self.release(len))?;
+        self.send(Append { frame, then: AfterWrite::Reply(reply) }).inspect_err(|_| self.release(len))?;
         Ok(Written { reply: written, shared: self.shared.clone(), done: false })
     }
 
@@ -327,7 +343,7 @@ impl Spool {
 
     /// Like [`Spool::append_for_replay`], for a frame whose room was reserved before (its length exactly).
     pub fn append_reserved(&self, frame: Vec<u8>) -> Result<(), SpoolError> {
-        self.send(Command::Append { frame, then: AfterWrite::Replay })
+        self.send(Append { frame, then: AfterWrite::Replay })
     }
 
     /// Bytes an unprivileged writer may still use on the spool's filesystem (statvfs `f_bavail`): the disk can
@@ -341,11 +357,11 @@ impl Spool {
         self.shared.used_bytes.load(Ordering::Relaxed) + headroom <= self.shared.max_bytes
     }
 
-    /// Kafka acknowledged the record: it may be deleted.
+    /// Kafka acknowledged the record: it may be deleted (by the writer, after its next commit or within
+    /// [`ACK_SETTLE_INTERVAL`]). After [`Spool::close`] the record stays on disk and is replayed on the next start
+    /// (a duplicate, never a loss).
     pub fn ack(&self, record: RecordRef) {
-        if self.send(Command::Ack(record)).is_err() {
-            // Closed: the record stays on disk and is replayed on the next start (a duplicate, never a loss).
-        }
+        self.shared.acks.lock().expect("ack lock").push(record);
     }
 
     /// Queues a record already on disk for re-publishing (at the back).
@@ -484,6 +500,8 @@ struct Writer {
     shared: Arc<Shared>,
     // A segment was deleted since the directory was last synced.
     deleted: bool,
+    // The bytes of a run of frames written with one `write`; kept for its capacity (at most MAX_RUN_BYTES + a frame).
+    run: Vec<u8>,
 }
 
 fn open_segment(dir: &Path, segment: u64) -> io::Result<File> {
@@ -501,13 +519,21 @@ struct Appended {
 }
 
 impl Writer {
-    fn run(&mut self, commands: mpsc::Receiver<Command>) -> u64 {
+    fn run(&mut self, commands: mpsc::Receiver<Append>) -> u64 {
         // Group commit: everything that queued up while the previous fsync ran shares the next one.
-        while let Ok(first) = commands.recv() {
-            let mut batch = vec![first];
-            batch.extend(commands.try_iter().take(4096));
-            self.process(batch);
+        loop {
+            match commands.recv_timeout(ACK_SETTLE_INTERVAL) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    batch.extend(commands.try_iter().take(4096));
+                    self.process(batch);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => self.settle_acks(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         }
+        // Acknowledgements that came in before the close: their segments need not be replayed.
+        self.settle_acks();
         if let Some(active) = &self.active {
             if let Err(err) = active.sync_data() {
                 error!(error = %err, "spool: final fsync failed");
@@ -523,18 +549,15 @@ impl Writer {
         self.segments.values().map(|state| state.outstanding).sum()
     }
 
-    fn process(&mut self, batch: Vec<Command>) {
-        let mut appended: Vec<Appended> = Vec::new();
-        let mut acks = Vec::new();
-        for command in batch {
-            match command {
-                Command::Append { frame, then } => {
-                    let result = self.write(&frame);
-                    appended.push(Appended { result, len: frame.len() as u64, then });
-                }
-                Command::Ack(record) => acks.push(record),
-            }
-        }
+    fn process(&mut self, batch: Vec<Append>) {
+        let frames: Vec<&[u8]> = batch.iter().map(|append| append.frame.as_slice()).collect();
+        let results = self.write_all_frames(&frames);
+        drop(frames);
+        let appended: Vec<Appended> = batch
+            .into_iter()
+            .zip(results)
+            .map(|(Append { frame, then }, result)| Appended { result, len: frame.len() as u64, then })
+            .collect();
         let mut sync_failed: Option<io::Error> = None;
         if appended.iter().any(|a| a.result.is_ok()) {
             let started = Instant::now();
@@ -585,8 +608,16 @@ impl Writer {
                 (AfterWrite::Replay, _) => self.shared.queue_for_replay(place),
             }
         }
-        // Acks after the fsync: a record re-spooled in this batch is durable before its older copy goes.
-        for record in acks {
+        // After the fsync: whatever a record acknowledged now was copied to, in this batch, is durable first.
+        self.settle_acks();
+    }
+
+    /// Applies the acknowledgements collected since the last call: deletes segments whose records are all
+    /// delivered, starts a new active segment once everything in it is delivered, syncs the directory after
+    /// deletions.
+    fn settle_acks(&mut self) {
+        let acks = std::mem::take(&mut *self.shared.acks.lock().expect("ack lock"));
+        for &record in &acks {
             self.ack(record);
         }
         // Delivered records of the active segment would be replayed after a crash: start afresh whenever
@@ -599,7 +630,84 @@ impl Writer {
             }
         }
         self.sync_dir_after_delete();
-        metrics.spool_bytes.set(self.shared.used_bytes.load(Ordering::Relaxed) as i64);
+        self.shared.metrics.spool_bytes.set(self.shared.used_bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    /// Writes each frame, in order, and says where each one lies or why it was not written. Consecutive frames
+    /// that fit the active segment go out in one `write`; if that fails, it is cut back and its frames are
+    /// written one by one, so that only a frame that cannot be written is refused.
+    fn write_all_frames(&mut self, frames: &[&[u8]]) -> Vec<io::Result<RecordRef>> {
+        let mut results = Vec::with_capacity(frames.len());
+        let mut next = 0;
+        while next < frames.len() {
+            let run = self.run_len(&frames[next..]);
+            if run < 2 {
+                results.push(self.write(frames[next]));
+                next += 1;
+                continue;
+            }
+            let batch = &frames[next..next + run];
+            match self.write_run(batch) {
+                Ok(first) => {
+                    let mut offset = first;
+                    for frame in batch {
+                        results.push(Ok(RecordRef { segment: self.active_segment, offset }));
+                        offset += frame.len() as u64;
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %err, frames = run, "spool: a write of several frames failed; writing them one by one");
+                    results.extend(batch.iter().map(|frame| self.write(frame)));
+                }
+            }
+            next += run;
+        }
+        results
+    }
+
+    /// How many of `frames`, from the first, fit the active segment as it is (0 when it is closed).
+    fn run_len(&self, frames: &[&[u8]]) -> usize {
+        let Some(state) = self.active.as_ref().and_then(|_| self.segments.get(&self.active_segment)) else {
+            return 0;
+        };
+        let (mut len, mut bytes, mut count) = (state.len, 0, 0);
+        for frame in frames {
+            let frame_len = frame.len() as u64;
+            if (len > 0 && len + frame_len > self.segment_bytes) || (count > 0 && bytes + frame.len() > MAX_RUN_BYTES) {
+                break;
+            }
+            len += frame_len;
+            bytes += frame.len();
+            count += 1;
+        }
+        count
+    }
+
+    /// Writes `frames` (which fit the active segment) with one `write`; returns the offset of the first. On
+    /// failure the segment is cut back as for a single frame ([`Writer::undo_partial_write`]).
+    fn write_run(&mut self, frames: &[&[u8]]) -> io::Result<u64> {
+        self.run.clear();
+        for frame in frames {
+            self.run.extend_from_slice(frame);
+        }
+        let good_len = self.segments[&self.active_segment].len;
+        let file = self.active.as_mut().expect("a run needs an open segment");
+        let written = match seam::check("spool.write") {
+            Some(Fault::Error(err)) => Err(err),
+            Some(Fault::Short) => {
+                let _ = file.write_all(&self.run[..self.run.len() / 2]);
+                Err(io::Error::new(io::ErrorKind::WriteZero, "injected short write at spool.write"))
+            }
+            _ => file.write_all(&self.run),
+        };
+        if let Err(err) = written {
+            self.undo_partial_write(good_len);
+            return Err(err);
+        }
+        let state = self.segments.get_mut(&self.active_segment).expect("active segment tracked");
+        state.len += self.run.len() as u64;
+        state.outstanding += frames.len() as u64;
+        Ok(good_len)
     }
 
     fn sync_dir_after_delete(&mut self) {
@@ -1023,14 +1131,10 @@ mod tests {
             scenario.teardown();
         }
 
-        #[tokio::test]
-        async fn a_failed_write_in_a_batch_settles_the_frames_before_it() {
-            let scenario = fail::FailScenario::setup();
-            let dir = tempfile::tempdir().unwrap();
-            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
-            // The writer is held up by the first append's write; three more queue behind it and share one
-            // batch, whose second write fails.
-            fail::cfg("spool.write", "1*sleep(300)->1*off->1*return->off").unwrap();
+        /// Holds the writer in the first append's write while three more queue up behind it, so that they
+        /// share one batch, then applies `after` to the writes of that batch.
+        async fn batch_of_three_behind_a_slow_write(spool: &Spool, after: &str) -> Vec<Result<RecordRef, SpoolError>> {
+            fail::cfg("spool.write", &format!("1*sleep(300)->{after}")).unwrap();
             let first = spool.append(frame_for(0)).unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
             let batch: Vec<_> = (1..4).map(|i| spool.append(frame_for(i)).unwrap()).collect();
@@ -1039,6 +1143,38 @@ mod tests {
             for written in batch {
                 results.push(written.await);
             }
+            results
+        }
+
+        #[tokio::test]
+        async fn a_batch_is_written_with_one_write_and_retried_frame_by_frame_when_it_fails() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            // One failure, at the batch's first write: frame by frame (one write each) all three would lose the
+            // first; as one run, the run fails and each frame is then written on its own.
+            let results = batch_of_three_behind_a_slow_write(&spool, "1*return->off").await;
+            assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+            let places: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+            assert_eq!(keys(dir.path(), &places), vec!["k1", "k2", "k3"]);
+            spool.close();
+            drop(spool);
+            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            assert_eq!(
+                keys(dir.path(), &drain(&spool)),
+                vec!["k0", "k1", "k2", "k3"],
+                "nothing damaged, nothing twice"
+            );
+            scenario.teardown();
+        }
+
+        #[tokio::test]
+        async fn a_failed_write_in_a_batch_settles_the_frames_before_it() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            // The batch's one write fails, then frame by frame the second frame's write fails too.
+            let results = batch_of_three_behind_a_slow_write(&spool, "1*return->1*off->1*return->off").await;
             assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
             for place in results.iter().filter_map(|r| r.as_ref().ok()) {
                 spool.ack(*place);
