@@ -647,7 +647,7 @@ fn shutdown_report_counts_the_replay_backlog() {
     second.wait_ready(READY_TIMEOUT);
     second.signal(libc::SIGTERM);
     assert_eq!(second.wait_exit(Duration::from_secs(30)).code(), Some(0));
-    let done = second.wait_log("shutdown complete", Duration::ZERO).expect("shutdown complete line");
+    let done = second.wait_log("shutdown complete", Duration::from_secs(5)).expect("shutdown complete line");
     let mut checks = Checks::default();
     checks.eq("records recovered", recovered.as_ref().and_then(|l| field_u64(l, "records")), Some(100));
     checks.eq("shutdown report: spooled", field_u64(&done, "spooled"), Some(100));
