@@ -345,7 +345,9 @@ fn the_answer_waits_for_the_fsync_and_a_failed_fsync_refuses() {
     assert_all_delivered("fsync slow, failed, then fine", &acked, &broker.addr);
 }
 
-/// Sends the same callback twice, the second while the first is held up in the spool writer; returns both tallies.
+/// Sends the same callback twice, the second while the first is held up in the spool writer (for 5 s, see the
+/// caller); returns both tallies. The second comes 1.5 s after the first, time enough for the first to reach
+/// the writer on a loaded machine, and is answered within its 10 s once the first copy is settled.
 fn duplicate_during_first_copy(fwd: &Proc, body: &str) -> (Tally, Tally) {
     let (url_fwd, body_first) = (fwd.callback_url(), body.to_string());
     let first = std::thread::spawn(move || {
@@ -354,7 +356,7 @@ fn duplicate_during_first_copy(fwd: &Proc, body: &str) -> (Tally, Tally) {
         post_callback(&agent, &url_fwd, &body_first, &mut tally);
         tally
     });
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1500));
     let second = post(fwd, body, Duration::from_secs(10));
     (first.join().expect("first copy"), second)
 }
@@ -366,15 +368,15 @@ fn a_duplicate_waits_for_the_first_copy_and_answers_the_same() {
     let fwd = start("forwarder", &broker.addr, &disk_flags(&spool));
     fwd.wait_ready(READY_TIMEOUT);
 
-    // The first copy's write is held up 1.5 s, then its fsync fails.
-    seam(&fwd, "spool.write", Some("1*sleep(1500)"));
+    // The first copy's write is held up 5 s, then its fsync fails.
+    seam(&fwd, "spool.write", Some("1*sleep(5000)"));
     seam(&fwd, "spool.fsync", Some("1*return"));
     let refused_body = common::faults::callback_body("dup-refused", 1, 100);
     let (first, second) = duplicate_during_first_copy(&fwd, &refused_body);
     seam(&fwd, "spool.fsync", None);
 
     // Again, and this time the first copy is kept.
-    seam(&fwd, "spool.write", Some("1*sleep(1500)"));
+    seam(&fwd, "spool.write", Some("1*sleep(5000)"));
     let kept_body = common::faults::callback_body("dup-kept", 2, 100);
     let (kept_first, kept_second) = duplicate_during_first_copy(&fwd, &kept_body);
     let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
