@@ -498,14 +498,14 @@ fn the_admin_listener_answers_while_the_spool_is_recovered() {
     let broker = Tansu::with_topics();
     let (_spool, spool) = spool_dir();
     let tally = crash_with_torn_tail(&broker, &spool);
-    // The repair of the torn segment takes 3 s more than it would.
+    // The repair of the torn segment takes 10 s more than it would: the probes below come well within that.
     let owned = disk_flags(&spool);
     let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
     let second =
-        Proc::start_with_env("second forwarder", &broker.addr, &flags, &[("FAILPOINTS", "spool.rename=sleep(3000)")]);
+        Proc::start_with_env("second forwarder", &broker.addr, &flags, &[("FAILPOINTS", "spool.rename=sleep(10000)")]);
     let health = common::http::get(&format!("http://{}/healthz", second.admin_addr));
     let ready = second.readyz();
-    second.wait_ready(READY_TIMEOUT);
+    second.wait_ready(READY_TIMEOUT + Duration::from_secs(10));
     let metrics = second.wait_drained(DRAIN_TIMEOUT);
     let mut checks = Checks::default();
     checks.check(health.status == 200, || format!("/healthz while recovering: {health:?}"));
