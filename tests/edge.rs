@@ -1686,10 +1686,10 @@ fn a_request_still_arriving_at_the_drain_timeout_does_not_hold_up_the_shutdown()
     let status = fwd.wait_exit(Duration::from_secs(20));
     let mut checks = Checks::default();
     checks.eq("exit status", status.code(), Some(0));
-    checks.check(fwd.wait_log("connections still open after the drain timeout", Duration::from_secs(5)).is_some(), || {
-        "no log line for the drain timeout".into()
-    });
-    checks.check(fwd.wait_log("shutdown complete", Duration::from_secs(5)).is_some(), || "no shutdown complete line".into());
+    let drain_timeout = fwd.wait_log("connections still open after the drain timeout", Duration::from_secs(5));
+    checks.check(drain_timeout.is_some(), || "no log line for the drain timeout".into());
+    let done = fwd.wait_log("shutdown complete", Duration::from_secs(5));
+    checks.check(done.is_some(), || "no shutdown complete line".into());
     let closed = conn::wait_closed(&mut stream, Duration::from_secs(5));
     checks.check(closed.after.is_some(), || format!("the unfinished request's connection stayed open: {closed:?}"));
     checks.finish();
