@@ -423,7 +423,7 @@ fn bad_inputs_get_their_answer_publish_nothing_and_leave_the_process_healthy() {
             Ok(reply) => check_refusal(&mut checks, name, &reply, 413, 41300, &[]),
             Err(e) => checks.check(false, || format!("{name}: no answer: {e}")),
         }
-        checks.check(took < Duration::from_secs(2), || format!("{name}: answered after {took:?}, expected < 2 s"));
+        checks.check(took < Duration::from_secs(5), || format!("{name}: answered after {took:?}, expected < 5 s"));
         eprintln!("{name}: answered after {took:?}");
         *outcomes.entry("body_too_large").or_default() += 1;
         probes += 1;
@@ -438,8 +438,10 @@ fn bad_inputs_get_their_answer_publish_nothing_and_leave_the_process_healthy() {
         Ok(reply) => check_refusal(&mut checks, name, &reply, 408, 40800, &[]),
         Err(e) => checks.check(false, || format!("{name}: no answer: {e}")),
     }
-    checks.check(took >= Duration::from_millis(900) && took < Duration::from_secs(3), || {
-        format!("{name}: answered after {took:?}, expected 1 to 3 s")
+    // The drip goes on for 6 s: an answer within 5 s came while the body was still arriving (the default
+    // --body-read-timeout would wait 10 s).
+    checks.check(took >= Duration::from_millis(900) && took < Duration::from_secs(5), || {
+        format!("{name}: answered after {took:?}, expected 1 to 5 s")
     });
     eprintln!("{name}: answered after {took:?}");
     *outcomes.entry("body_timeout").or_default() += 1;
@@ -526,7 +528,9 @@ fn slow_loris_clients_are_cut_off_and_do_not_hold_the_service() {
     let (_broker, fwd) = setup(&["--header-read-timeout", "1", "--max-connections", "4"]);
     let addr = fwd.callback_addr.clone();
     let started = Instant::now();
-    let until = started + Duration::from_secs(5);
+    // Short of the default 10 s header timeout: were --header-read-timeout ignored, no slow connection would
+    // be cut off before the slow clients stop.
+    let until = started + Duration::from_secs(8);
     // A request line and headers that never end, one byte every 300 ms, from as many clients as the
     // service serves at once; each reconnects when it is cut off.
     let prefix = format!("POST {} HTTP/1.1\r\nHost: {addr}\r\nX-Slow: {}", unsigned_path(), "s".repeat(100));
@@ -549,8 +553,8 @@ fn slow_loris_clients_are_cut_off_and_do_not_hold_the_service() {
         );
         let took = sent.elapsed();
         check_ok(&mut checks, &format!("normal client {i}"), &reply);
-        checks.check(took < Duration::from_secs(3), || {
-            format!("normal client {i} served after {took:?}, expected < 3 s")
+        checks.check(took < Duration::from_secs(6), || {
+            format!("normal client {i} served after {took:?}, expected < 6 s")
         });
     }
 
@@ -559,10 +563,10 @@ fn slow_loris_clients_are_cut_off_and_do_not_hold_the_service() {
         // The first connection of each was accepted at once: cut off by the 1 s header timeout.
         let first = &client[0];
         checks.check(
-            first.lifetime.is_some_and(|d| d >= Duration::from_millis(800) && d <= Duration::from_secs(3)),
+            first.lifetime.is_some_and(|d| d >= Duration::from_millis(800) && d <= Duration::from_secs(6)),
             || {
                 format!(
-                    "slow client {i}: first connection lived {:?} (sent {} bytes), expected 1 to 3 s",
+                    "slow client {i}: first connection lived {:?} (sent {} bytes), expected 1 to 6 s",
                     first.lifetime, first.sent
                 )
             },
@@ -593,9 +597,10 @@ fn idle_keep_alive_connections_are_closed_after_the_keep_alive_timeout() {
             Err(e) => checks.check(false, || format!("request {i} on one connection: {e}")),
         }
     }
-    let Closed { after, received } = conn::wait_closed(&mut stream, Duration::from_secs(4));
-    checks.check(after.is_some_and(|d| d >= Duration::from_millis(700) && d <= Duration::from_millis(2500)), || {
-        format!("idle connection closed after {after:?}, expected about 1 s")
+    // Bounds far below the default keep-alive timeout (75 s), roomy for a loaded machine.
+    let Closed { after, received } = conn::wait_closed(&mut stream, Duration::from_secs(10));
+    checks.check(after.is_some_and(|d| d >= Duration::from_millis(700) && d <= Duration::from_secs(8)), || {
+        format!("idle connection closed after {after:?}, expected about 1 s (at most 8 s)")
     });
     checks.eq("bytes sent on the idle connection", received, Vec::new());
     checks.finish();
@@ -651,13 +656,14 @@ fn max_connections_makes_further_clients_wait_until_a_slot_frees() {
 
     let freed = Instant::now();
     drop(idle.remove(0));
-    third.set_read_timeout(Some(Duration::from_secs(3))).expect("read timeout");
+    // Far below the 30 s keep-alive and header timeouts that would free a slot otherwise.
+    third.set_read_timeout(Some(Duration::from_secs(6))).expect("read timeout");
     match http::read_reply(&mut third) {
         Ok(reply) => check_ok(&mut checks, "third client, once a slot is free", &reply),
-        Err(e) => checks.check(false, || format!("third client not served within 3 s of a slot freeing: {e}")),
+        Err(e) => checks.check(false, || format!("third client not served within 6 s of a slot freeing: {e}")),
     }
     let took = freed.elapsed();
-    checks.check(took < Duration::from_secs(2), || format!("third client served {took:?} after a slot freed"));
+    checks.check(took < Duration::from_secs(5), || format!("third client served {took:?} after a slot freed"));
     drop(idle);
     checks.finish();
 }
@@ -896,7 +902,15 @@ fn a_replay_with_the_sign_in_uppercase_is_still_a_replay() {
         "the same, Sign in uppercase",
         &raw_post(&fwd, &upper, Some("application/json"), "", DOC_SAMPLE.as_bytes()),
     );
-    let events = broker.consume(TOPIC, 2, Duration::from_secs(10));
+    // Both posts were answered, so whatever they handed to the producer is counted in its queue: once that is
+    // empty (and a record delivered), a marker appended now comes after every record they made.
+    let drained = common::poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let m = metrics::try_scrape(&fwd.admin_addr)?;
+        let delivered = m.get("imcf_kafka_delivered_total").unwrap_or(0.0);
+        (delivered >= 1.0 && m.get("imcf_kafka_queue_events") == Some(0.0)).then_some(())
+    });
+    checks.check(drained.is_some(), || "nothing delivered, or the producer queue not empty, within 20 s".into());
+    let events = broker.records_until_marker(TOPIC, Duration::from_millis(500));
     checks.eq("records", events.len(), 1);
     checks.eq("replayed", outcome(&metrics::scrape(&fwd.admin_addr), "replayed"), 1.0);
     checks.finish();
@@ -1206,11 +1220,12 @@ fn http2_is_served_only_with_the_http2_flag() {
     let mut checks = Checks::default();
     let mut published = BTreeSet::new();
 
-    // Without --http2: the h2c preface is not HTTP/1.1; the connection is closed without an answer.
+    // Without --http2: the h2c preface is not HTTP/1.1; the connection is closed without an answer, at once
+    // (3 s allows for a loaded machine; the header timeout, 10 s by default, would be later).
     let mut stream = conn::connect(&h1_only.callback_addr, Duration::from_secs(2));
     stream.write_all(conn::H2_PREFACE).expect("write preface");
-    let closed = conn::wait_closed(&mut stream, Duration::from_secs(2));
-    checks.check(closed.after.is_some_and(|d| d < Duration::from_secs(1)), || {
+    let closed = conn::wait_closed(&mut stream, Duration::from_secs(5));
+    checks.check(closed.after.is_some_and(|d| d < Duration::from_secs(3)), || {
         format!("h2c preface without --http2: {closed:?}")
     });
     checks.eq(
@@ -1271,15 +1286,16 @@ fn with_http2_a_silent_client_is_cut_off_by_the_header_read_timeout() {
     let mut silent = conn::connect(&fwd.callback_addr, Duration::from_secs(1));
     let mut half_preface = conn::connect(&fwd.callback_addr, Duration::from_secs(1));
     half_preface.write_all(&conn::H2_PREFACE[..16]).expect("write half the preface");
+    // 5 s: room for a loaded machine, and still short of the 6 s keep-alive timeout that would close them too.
     let started = Instant::now();
-    let silent_closed = conn::wait_closed(&mut silent, Duration::from_secs(3)).after.map(|_| started.elapsed());
-    let half_closed = conn::wait_closed(&mut half_preface, Duration::from_secs(3).saturating_sub(started.elapsed()))
+    let silent_closed = conn::wait_closed(&mut silent, Duration::from_secs(5)).after.map(|_| started.elapsed());
+    let half_closed = conn::wait_closed(&mut half_preface, Duration::from_secs(5).saturating_sub(started.elapsed()))
         .after
         .map(|_| started.elapsed());
     let mut checks = Checks::default();
-    checks.check(silent_closed.is_some(), || "a silent connection is still open after 3 s".into());
+    checks.check(silent_closed.is_some(), || "a silent connection is still open after 5 s".into());
     checks
-        .check(half_closed.is_some(), || "a connection that sent half the h2c preface is still open after 3 s".into());
+        .check(half_closed.is_some(), || "a connection that sent half the h2c preface is still open after 5 s".into());
     checks.finish();
 }
 
@@ -1670,10 +1686,10 @@ fn a_request_still_arriving_at_the_drain_timeout_does_not_hold_up_the_shutdown()
     let status = fwd.wait_exit(Duration::from_secs(20));
     let mut checks = Checks::default();
     checks.eq("exit status", status.code(), Some(0));
-    checks.check(fwd.wait_log("connections still open after the drain timeout", Duration::ZERO).is_some(), || {
-        "no log line for the drain timeout".into()
-    });
-    checks.check(fwd.wait_log("shutdown complete", Duration::ZERO).is_some(), || "no shutdown complete line".into());
+    let drain_timeout = fwd.wait_log("connections still open after the drain timeout", Duration::from_secs(5));
+    checks.check(drain_timeout.is_some(), || "no log line for the drain timeout".into());
+    let done = fwd.wait_log("shutdown complete", Duration::from_secs(5));
+    checks.check(done.is_some(), || "no shutdown complete line".into());
     let closed = conn::wait_closed(&mut stream, Duration::from_secs(5));
     checks.check(closed.after.is_some(), || format!("the unfinished request's connection stayed open: {closed:?}"));
     checks.finish();

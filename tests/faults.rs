@@ -393,7 +393,7 @@ fn mock_cluster_faults_are_retried_and_show_in_metrics() {
     errors.extend([RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT; 2]);
     cluster.request_errors(RDKafkaApiKey::Produce, &errors);
     load.wait_acked(100, Duration::from_secs(15));
-    let during_errors = common::poll_until(Duration::from_secs(3), Duration::from_millis(250), || {
+    let during_errors = common::poll_until(Duration::from_secs(15), Duration::from_millis(250), || {
         let now = retries_and_errors(&fwd.scrape());
         (now > before_errors).then_some(now)
     });
@@ -401,7 +401,7 @@ fn mock_cluster_faults_are_retried_and_show_in_metrics() {
     // A slow cluster.
     cluster.broker_round_trip_time(-1, Duration::from_millis(300)).expect("rtt");
     let slow = Instant::now();
-    let rtt = common::poll_until(Duration::from_secs(5), Duration::from_millis(250), || {
+    let rtt = common::poll_until(Duration::from_secs(15), Duration::from_millis(250), || {
         let metrics = fwd.scrape();
         let p99 = metrics.series("imcf_kafka_broker_rtt_seconds").iter().map(|(_, v)| *v).fold(0.0, f64::max);
         (p99 >= 0.2).then_some(p99)
@@ -422,7 +422,7 @@ fn mock_cluster_faults_are_retried_and_show_in_metrics() {
     assert_all_delivered("mock cluster faults", &tally, &consumed);
     let mut checks = Checks::default();
     // Statistics arrive every 500 ms: give the last faults time to show.
-    let shown = common::poll_until(Duration::from_secs(3), Duration::from_millis(250), || {
+    let shown = common::poll_until(Duration::from_secs(15), Duration::from_millis(250), || {
         let m = fwd.scrape();
         let total = sum_series(&m, "imcf_kafka_broker_request_retries_total")
             + sum_series(&m, "imcf_kafka_broker_request_errors_total");
@@ -647,7 +647,7 @@ fn shutdown_report_counts_the_replay_backlog() {
     second.wait_ready(READY_TIMEOUT);
     second.signal(libc::SIGTERM);
     assert_eq!(second.wait_exit(Duration::from_secs(30)).code(), Some(0));
-    let done = second.wait_log("shutdown complete", Duration::ZERO).expect("shutdown complete line");
+    let done = second.wait_log("shutdown complete", Duration::from_secs(5)).expect("shutdown complete line");
     let mut checks = Checks::default();
     checks.eq("records recovered", recovered.as_ref().and_then(|l| field_u64(l, "records")), Some(100));
     checks.eq("shutdown report: spooled", field_u64(&done, "spooled"), Some(100));

@@ -133,25 +133,29 @@ struct Inflight {
 struct ContextShared {
     metrics: Arc<Metrics>,
     spool: Option<Arc<Spool>>,
-    /// A fatal producer error was raised: the producer must be rebuilt.
-    fatal: AtomicBool,
     /// The last send found the producer queue full and no delivery report has made room since.
     queue_full: AtomicBool,
     /// Set once shutdown began: purged records are then the end, not a restart.
     stopping: AtomicBool,
 }
 
-/// Receives librdkafka's callbacks on the producer's polling thread.
-struct SinkContext(Arc<ContextShared>);
+/// Receives librdkafka's callbacks on the producer's polling thread; one per producer.
+struct SinkContext {
+    shared: Arc<ContextShared>,
+    /// A fatal error was raised on this producer: it must be rebuilt. Its own flag, not a shared one, so that
+    /// a late error of a producer already replaced (or a send that loaded it before the swap) cannot make the
+    /// supervisor replace its successor.
+    fatal: AtomicBool,
+}
 
 impl ClientContext for SinkContext {
     fn stats(&self, statistics: Statistics) {
-        self.0.metrics.kafka_statistics(&statistics);
+        self.shared.metrics.kafka_statistics(&statistics);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.0.fatal.store(true, Ordering::SeqCst);
+            self.fatal.store(true, Ordering::SeqCst);
             error!(error = %error, reason, "Kafka producer: fatal error; the producer will be rebuilt");
         } else {
             // librdkafka's own log line says the same at its level.
@@ -168,7 +172,7 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<Inflight>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, inflight: Box<Inflight>) {
-        let shared = &self.0;
+        let shared = &self.shared;
         let metrics = &shared.metrics;
         metrics.kafka_queue_events.dec();
         shared.queue_full.store(false, Ordering::Relaxed);
@@ -383,7 +387,6 @@ impl KafkaSink {
         let shared = Arc::new(ContextShared {
             metrics: metrics.clone(),
             spool: settings.spool.clone(),
-            fatal: AtomicBool::new(false),
             queue_full: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
@@ -541,14 +544,17 @@ impl KafkaSink {
     fn supervise(sink: Weak<KafkaSink>, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
             let Some(sink) = sink.upgrade() else { return };
-            let fatal =
-                sink.shared.fatal.load(Ordering::SeqCst) || sink.producer.load().client().fatal_error().is_some();
-            if fatal {
+            if sink.fatal_raised() || sink.producer.load().client().fatal_error().is_some() {
                 sink.restart_producer();
             }
             drop(sink);
             sleep_unless(&stop, Duration::from_millis(50));
         }
+    }
+
+    /// True once the current producer reported a fatal error (a replaced producer's errors do not count).
+    fn fatal_raised(&self) -> bool {
+        self.producer.load().context().fatal.load(Ordering::SeqCst)
     }
 
     fn restart_producer(&self) {
@@ -568,7 +574,6 @@ impl KafkaSink {
             }
         };
         let old = self.producer.swap(Arc::new(fresh));
-        self.shared.fatal.store(false, Ordering::SeqCst);
         self.metrics.producer_restarts.inc();
         error!(%reason, "Kafka producer hit a fatal error: replaced by a new producer; what it held goes back to the spool");
         // What the old producer still holds comes back as failed delivery reports: re-queued or re-spooled.
@@ -614,7 +619,7 @@ impl KafkaSink {
                 spool.requeue(*place);
                 false
             });
-            if sink.shared.fatal.load(Ordering::SeqCst) {
+            if sink.fatal_raised() {
                 drop(sink);
                 sleep_unless(&stop, Duration::from_millis(100));
                 continue;
@@ -768,7 +773,8 @@ impl KafkaSink {
                         SinkError::QueueFull
                     }
                     Some(RDKafkaErrorCode::Fatal) => {
-                        self.shared.fatal.store(true, Ordering::SeqCst);
+                        // On the producer this send used: if it was replaced meanwhile, nothing more happens.
+                        producer.context().fatal.store(true, Ordering::SeqCst);
                         SinkError::Produce(RDKafkaErrorCode::Fatal)
                     }
                     Some(code) => SinkError::Produce(code),
@@ -830,7 +836,9 @@ fn create_producer(
     config: &ClientConfig,
     shared: &Arc<ContextShared>,
 ) -> Result<ThreadedProducer<SinkContext>, SinkError> {
-    config.create_with_context(SinkContext(shared.clone())).map_err(SinkError::Config)
+    config
+        .create_with_context(SinkContext { shared: shared.clone(), fatal: AtomicBool::new(false) })
+        .map_err(SinkError::Config)
 }
 
 fn next_delay(previous: Option<Duration>) -> Duration {

@@ -880,6 +880,12 @@ fn quarantine(dir: &Path, segment: u64, offset: usize, bytes: &[u8], why: &str) 
 mod tests {
     use super::*;
 
+    /// Seams are process-wide: a test that writes, reads or recovers a spool takes the lock the `seams` tests
+    /// hold (FailScenario's, which also clears every seam), so that a seam one of them sets cannot fire in it.
+    fn apart_from_seams() -> fail::FailScenario<'static> {
+        fail::FailScenario::setup()
+    }
+
     fn config(dir: &Path) -> SpoolConfig {
         SpoolConfig { dir: dir.to_owned(), max_bytes: 1 << 20, segment_bytes: 4096 }
     }
@@ -901,6 +907,7 @@ mod tests {
 
     #[tokio::test]
     async fn appended_records_survive_a_restart_in_order_until_acked() {
+        let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
@@ -934,6 +941,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_spool_refuses_appends() {
+        let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
         let spool =
             Spool::open(SpoolConfig { max_bytes: 1000, ..config(dir.path()) }, Arc::new(Metrics::new())).unwrap();
@@ -945,6 +953,7 @@ mod tests {
 
     #[tokio::test]
     async fn torn_tail_is_cut_and_corrupt_record_quarantined() {
+        let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
@@ -984,6 +993,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_whose_length_runs_past_the_end_does_not_take_the_frames_after_it() {
+        let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
@@ -1011,6 +1021,7 @@ mod tests {
 
     #[tokio::test]
     async fn quarantine_never_overwrites_an_earlier_file() {
+        let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         for round in 0..2 {
@@ -1037,6 +1048,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreadable_record_moves_to_quarantine_and_leaves_the_spool() {
+        let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
@@ -1059,6 +1071,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_reports_every_record_left_including_the_replay_queue() {
+        let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let spool = Spool::open(config(dir.path()), metrics.clone()).unwrap();
@@ -1072,6 +1085,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_append_whose_caller_went_away_is_queued_for_replay() {
+        let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
         drop(spool.append(frame_for(0)).unwrap());
@@ -1079,7 +1093,8 @@ mod tests {
         assert_eq!(keys(dir.path(), &[place]), vec!["k0"]);
     }
 
-    /// Seams are process-wide: these tests run one at a time (FailScenario holds a lock).
+    /// Seams are process-wide: these tests run one at a time, and apart from the others (FailScenario holds a
+    /// lock, see `apart_from_seams`).
     #[cfg(feature = "failpoints")]
     mod seams {
         use super::*;

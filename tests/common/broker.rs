@@ -120,12 +120,20 @@ impl Broker {
         kafka::consume(&self.addr, topic, expected, timeout, Duration::from_millis(1500))
     }
 
+    /// Every record of `topic` (one partition) appended before now: appends a marker and reads until the
+    /// marker arrives (20 s at most), then for `wait` more; the marker itself is left out. Unlike
+    /// [`Broker::consume`], the read ends neither before a fetch did nor after a fixed time: a writer that
+    /// finished (a process that exited, a forwarder whose producer queue is empty) is read in full.
+    pub fn records_until_marker(&self, topic: &str, wait: Duration) -> Vec<Record> {
+        let marker = kafka::produce_marker(&self.addr, topic);
+        kafka::consume_until_marker(&self.addr, topic, &marker, Duration::from_secs(20), wait)
+    }
+
     /// Asserts that `topic` (one partition) holds no record: appends a marker and reads until the marker
     /// arrives, so that the read cannot end before a fetch did (`wait` is extra time after the marker for
     /// records still on their way; what the forwarder publishes later is not seen).
     pub fn assert_no_records(&self, topic: &str, wait: Duration) {
-        let marker = kafka::produce_marker(&self.addr, topic);
-        let records = kafka::consume_until_marker(&self.addr, topic, &marker, Duration::from_secs(20), wait);
+        let records = self.records_until_marker(topic, wait);
         assert!(
             records.is_empty(),
             "expected no record in {topic}, found {}: first {:?}",

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,6 +23,8 @@ pub struct Output {
     /// (stream, line) in arrival order; stream is "stdout" or "stderr".
     lines: Mutex<Vec<(&'static str, String)>>,
     changed: Condvar,
+    /// Pipes read to their end (changed under the `lines` lock, so that waiters on `changed` see it).
+    closed: AtomicUsize,
 }
 
 impl Output {
@@ -90,8 +93,28 @@ impl Output {
         }
     }
 
+    /// Waits up to `timeout` until `streams` pipes were read to their end; false if they were not.
+    pub fn wait_closed(&self, streams: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().unwrap();
+        while self.closed.load(Ordering::SeqCst) < streams {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            lines = self.changed.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+        true
+    }
+
     fn push(&self, stream: &'static str, line: String) {
         self.lines.lock().unwrap().push((stream, line));
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        let _lines = self.lines.lock().unwrap();
+        self.closed.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_all();
     }
 }
@@ -111,6 +134,7 @@ pub fn read_lines(pipe: impl Read + Send + 'static, stream: &'static str, output
                 }
             }
         }
+        output.close();
     })
 }
 
@@ -153,8 +177,9 @@ pub fn wait_exit(
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             *exit = Some(status);
-            // Let the reader threads drain what the process wrote last.
-            std::thread::sleep(Duration::from_millis(200));
+            // What the process wrote last is read once both pipes are at their end: a log check right after
+            // this must not race the reader threads (bounded, in case something else holds the pipes open).
+            output.wait_closed(2, Duration::from_secs(5));
             return status;
         }
         if Instant::now() >= deadline {
