@@ -98,7 +98,9 @@ impl<'a> BodyFields<'a> {
         if let Some(key) = duplicate_key(&top.extra) {
             return Err(BodyError::DuplicateField(truncated(key)));
         }
-        check_values(text)?;
+        if !plainly_clean(text) {
+            check_values(text)?;
+        }
         Ok(Self { known: top.known, extra: top.extra })
     }
 
@@ -253,6 +255,152 @@ fn check_values(text: &str) -> Result<(), BodyError> {
         (Ok(()), _) => Ok(()),
         (Err(_), Some(key)) => Err(BodyError::DuplicateField(key)),
         (Err(err), None) => Err(BodyError::InvalidJson(err.to_string())),
+    }
+}
+
+/// Most keys one object may hold for `plainly_clean` to vouch for it; past this it is not sure.
+const PLAIN_MAX_KEYS: usize = 16;
+/// Most keys the objects open at once may hold together for `plainly_clean` to vouch for them.
+const PLAIN_MAX_OPEN_KEYS: usize = 64;
+/// Most objects open at once for `plainly_clean` to vouch for them.
+const PLAIN_MAX_OBJECTS: usize = 16;
+/// Most digits before the decimal point of a number `plainly_clean` vouches for: f64 ends past 309.
+const PLAIN_MAX_INTEGER_DIGITS: usize = 20;
+/// Most digits after the decimal point of a number `plainly_clean` vouches for.
+const PLAIN_MAX_FRACTION_DIGITS: usize = 40;
+
+/// The fast path in front of `check_values`: `true` proves that `text` holds none of what it refuses (every
+/// surrogate escape is a pair, every number is plainly within f64, no object repeats a key); `false` means not
+/// sure. `text` is JSON the first parse accepted, nested within `MAX_BODY_DEPTH`.
+fn plainly_clean(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut keys = OpenKeys::new();
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        let next = match byte {
+            b'"' => plain_string(bytes, at + 1, &mut keys),
+            b'{' => keys.open().then_some(at + 1),
+            b'}' => keys.close().then_some(at + 1),
+            b'-' | b'0'..=b'9' => plain_number_end(bytes, at),
+            _ => Some(at + 1),
+        };
+        match next {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Skips the string starting at `from` (after its opening quote) and records it if it is a key: where the
+/// scan goes on, or `None` if not sure (a surrogate escape that is not a pair, a key with escapes, too many keys).
+fn plain_string<'a>(bytes: &'a [u8], from: usize, keys: &mut OpenKeys<'a>) -> Option<usize> {
+    let (end, escaped) = plain_string_end(bytes, from)?;
+    let after = end + 1;
+    // In JSON accepted as valid, a string followed by a colon is a key, and only a key is.
+    let rest = bytes.get(after..)?;
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace()).is_some_and(|i| rest[i] == b':');
+    if colon && (escaped || !keys.insert(&bytes[from..end])) {
+        // An escaped key may equal another one spelled differently: left to serde_json, as are duplicates.
+        return None;
+    }
+    Some(after)
+}
+
+/// The index of the quote closing the string that starts at `from`, and whether it holds escapes; `None` if a
+/// `\u` escape is a lone or reversed surrogate (or the string does not end).
+fn plain_string_end(bytes: &[u8], from: usize) -> Option<(usize, bool)> {
+    let mut at = from;
+    let mut escaped = false;
+    loop {
+        let found = at + memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
+        if bytes[found] == b'"' {
+            return Some((found, escaped));
+        }
+        escaped = true;
+        at = found + plain_escape_len(bytes.get(found..)?)?;
+    }
+}
+
+/// The length of the escape `escape` starts with (at its backslash); `None` for a surrogate escape that is not
+/// a high one immediately followed by a low one.
+fn plain_escape_len(escape: &[u8]) -> Option<usize> {
+    if escape.get(1) != Some(&b'u') {
+        return Some(2);
+    }
+    match hex4(escape.get(2..6)?)? {
+        0xD800..=0xDBFF => {
+            let low = escape.get(6..12)?;
+            (low.starts_with(b"\\u") && matches!(hex4(&low[2..])?, 0xDC00..=0xDFFF)).then_some(12)
+        }
+        0xDC00..=0xDFFF => None,
+        _ => Some(6),
+    }
+}
+
+/// Four hex digits as a number.
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits.iter().try_fold(0, |n, &d| Some(n << 4 | char::from(d).to_digit(16)?))
+}
+
+/// The end of the number starting at `at`; `None` unless it is an integer or decimal without exponent and with
+/// few enough digits to be plainly within f64.
+fn plain_number_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let digits =
+        |from: usize| bytes.get(from..).map_or(0, |rest| rest.iter().take_while(|b| b.is_ascii_digit()).count());
+    let start = at + usize::from(bytes[at] == b'-');
+    let integer = digits(start);
+    let mut end = start + integer;
+    if bytes.get(end) == Some(&b'.') {
+        let fraction = digits(end + 1);
+        if fraction > PLAIN_MAX_FRACTION_DIGITS {
+            return None;
+        }
+        end += 1 + fraction;
+    }
+    (integer <= PLAIN_MAX_INTEGER_DIGITS && !matches!(bytes.get(end), Some(b'e' | b'E'))).then_some(end)
+}
+
+/// The raw keys of the objects open during `plainly_clean`'s scan, innermost last, without allocating.
+struct OpenKeys<'a> {
+    keys: [&'a [u8]; PLAIN_MAX_OPEN_KEYS],
+    len: usize,
+    /// Where each open object's keys start in `keys`.
+    starts: [usize; PLAIN_MAX_OBJECTS],
+    objects: usize,
+}
+
+impl<'a> OpenKeys<'a> {
+    fn new() -> Self {
+        Self { keys: [&[]; PLAIN_MAX_OPEN_KEYS], len: 0, starts: [0; PLAIN_MAX_OBJECTS], objects: 0 }
+    }
+
+    /// An object opens; `false` if too many are open.
+    fn open(&mut self) -> bool {
+        let Some(start) = self.starts.get_mut(self.objects) else { return false };
+        *start = self.len;
+        self.objects += 1;
+        true
+    }
+
+    /// The innermost object closes; `false` if none is open.
+    fn close(&mut self) -> bool {
+        let Some(objects) = self.objects.checked_sub(1) else { return false };
+        self.objects = objects;
+        self.len = self.starts[objects];
+        true
+    }
+
+    /// Adds a key to the innermost object; `false` if it already holds that key, holds too many, or none is open.
+    fn insert(&mut self, key: &'a [u8]) -> bool {
+        let Some(&start) = self.objects.checked_sub(1).and_then(|i| self.starts.get(i)) else { return false };
+        let own = &self.keys[start..self.len];
+        if own.len() >= PLAIN_MAX_KEYS || self.len >= PLAIN_MAX_OPEN_KEYS || own.contains(&key) {
+            return false;
+        }
+        self.keys[self.len] = key;
+        self.len += 1;
+        true
     }
 }
 
@@ -488,6 +636,7 @@ impl<'de> Deserialize<'de> for LenientBool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{BENCH_BODIES, SAMPLE_BODY};
     use super::*;
 
     fn parse(body: &[u8]) -> Result<BodyFields<'_>, BodyError> {
@@ -522,6 +671,58 @@ mod tests {
         }
         let body = format!(r#"{{"X":{{{many}"last":0}}}}"#);
         assert!(parse(body.as_bytes()).is_ok());
+    }
+
+    /// Not a check: prints the cost per body of `parse` and of its value checks on the bench's bodies. Run it with
+    /// `cargo test --release --lib parse_cost -- --ignored --nocapture`, or under callgrind (fewer
+    /// `PARSE_COST_ROUNDS`) and divide the inclusive cost of each `run_*` by rounds × 6 bodies (× 1 with
+    /// `PARSE_COST_SAMPLE_ONLY` set).
+    #[test]
+    #[ignore]
+    fn parse_cost() {
+        let rounds = std::env::var("PARSE_COST_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20_000);
+        let mut bodies: Vec<&str> = std::iter::once(SAMPLE_BODY).chain(BENCH_BODIES).collect();
+        if std::env::var_os("PARSE_COST_SAMPLE_ONLY").is_some() {
+            bodies.truncate(1);
+        }
+        let runs: [(&str, Run); 3] =
+            [("parse", run_parse), ("check_values", run_check_values), ("plainly_clean", run_plainly_clean)];
+        for (label, run) in runs {
+            let started = std::time::Instant::now();
+            run(&bodies, rounds);
+            let per_body = started.elapsed().as_nanos() / (rounds * bodies.len()) as u128;
+            println!("{label}: {per_body} ns per body");
+        }
+    }
+
+    /// Runs one step `rounds` times over every body.
+    type Run = fn(&[&str], usize);
+
+    #[inline(never)]
+    fn run_parse(bodies: &[&str], rounds: usize) {
+        for _ in 0..rounds {
+            for body in bodies {
+                assert!(parse(std::hint::black_box(body.as_bytes())).is_ok());
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn run_check_values(bodies: &[&str], rounds: usize) {
+        for _ in 0..rounds {
+            for body in bodies {
+                assert!(check_values(std::hint::black_box(body)).is_ok());
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn run_plainly_clean(bodies: &[&str], rounds: usize) {
+        for _ in 0..rounds {
+            for body in bodies {
+                assert!(plainly_clean(std::hint::black_box(body)));
+            }
+        }
     }
 
     fn nested(prefix: &str, depth: usize, suffix: &str) -> Vec<u8> {
@@ -634,6 +835,175 @@ mod tests {
         ) {
             proptest::prop_assert_eq!(exceeds_depth(&body, max), exceeds_depth_bytewise(&body, max));
         }
+    }
+
+    #[test]
+    fn fast_path_vouches_for_the_sample_and_bench_bodies() {
+        for body in std::iter::once(SAMPLE_BODY).chain(BENCH_BODIES) {
+            assert!(plainly_clean(body), "{body}");
+            assert!(check_values(body).is_ok(), "{body}");
+        }
+        let twenty_digits = format!("{{\"n\":-{0},\"d\":{0}.{1}}}", "9".repeat(20), "1".repeat(40));
+        for fine in [
+            " { \"a\" : { \"a\" : [ 1 , { \"a\" : -0.5 } ] } , \"b\" :\n[{\"a\":1},{\"a\":2}] } ",
+            r#"{"x":"\ud83d\ude00\udbff\udfff\u0041\\ud800\\udc00","y":"a\"b\\","z":"","w":{}}"#,
+            r#"{"a":"a","b":"a" ,"c":"b" }"#,
+            r#"["a","a",{"a":null,"A":true,"é":false,"😀":0}]"#,
+            twenty_digits.as_str(),
+        ] {
+            assert!(plainly_clean(fine), "{fine}");
+            assert!(check_values(fine).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn fast_path_is_not_sure_of_anything_unusual() {
+        let seventeen: String = (0..17).map(|n| format!("\"k{n}\":{n}")).collect::<Vec<_>>().join(",");
+        let deep = format!("{}0{}", "{\"a\":".repeat(17), "}".repeat(17));
+        let long_integer = format!("[{}]", "1".repeat(21));
+        let long_fraction = format!("[0.{}]", "1".repeat(41));
+        let unsure = [
+            // What `check_values` refuses.
+            r#"["\ud800"]"#,
+            r#"["\ud800x"]"#,
+            r#"["\udbff\u0041"]"#,
+            r#"["\ud800\\udc00"]"#,
+            r#"["\udc00"]"#,
+            r#"["a\udfffb"]"#,
+            r#"["\udc00\ud800"]"#,
+            r#"{"\ud800":1}"#,
+            "[1e400]",
+            "[-1E400]",
+            r#"{"a":{"b":1,"b":2}}"#,
+            r#"[{"a":1,"c":{},"a":2}]"#,
+            r#"{"a":1,"a":2}"#,
+            // What it accepts, but is not plain enough to vouch for.
+            "[1e5]",
+            "[1.5E-3]",
+            long_integer.as_str(),
+            long_fraction.as_str(),
+            r#"{"\u0061":1}"#,
+            r#"{"a\"b":1}"#,
+            &format!("{{{seventeen}}}"),
+            &deep,
+        ];
+        for text in unsure {
+            assert!(serde_json::from_str::<de::IgnoredAny>(text).is_ok(), "{text} is JSON");
+            assert!(!plainly_clean(text), "{text}");
+        }
+        let sixteen = format!("{{{}}}", seventeen.rsplit_once(',').unwrap().0);
+        assert!(plainly_clean(&sixteen));
+    }
+
+    /// String texts from pieces: text, escapes, an escaped backslash before `u`, and (rarer, as whole values must
+    /// often be clean) surrogate halves, which joined make valid pairs, lone high and low halves, reversed pairs
+    /// and a high half before another escape.
+    fn string_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            8 => prop::sample::select(vec![
+                "a", "é", "😀", " ", r"\n", r#"\""#, r"\\", r"\/", r"\u0041", r"\u00e9", r"\uffff", r"\ud83d\ude00",
+                r"\\ud800",
+            ]),
+            1 => prop::sample::select(vec![r"\ud800", r"\udbff", r"\udc00", r"\udfff"]),
+        ];
+        prop::collection::vec(piece, 0..5).prop_map(|pieces| format!("\"{}\"", pieces.concat()))
+    }
+
+    /// Keys from a small set, so that objects repeat them, most spelled plainly, some with escapes that decode to
+    /// one of them.
+    fn key_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => prop::sample::select(vec![r#""a""#, r#""b""#, r#""é""#, r#""😀""#, r#""""#, r#""a\"b""#])
+                .prop_map(str::to_owned),
+            2 => prop::sample::select(vec![r#""\u0061""#, r#""a\u0022b""#, r#""\u00e9""#, r#""\ud83d\ude00""#])
+                .prop_map(str::to_owned),
+            1 => string_text(),
+            2 => (0..40u8).prop_map(|n| format!("\"k{n}\"")),
+        ]
+    }
+
+    /// Number texts: short and long integers and decimals (f64 ends past 309 digits), with and without exponents.
+    fn number_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => "-?(0|[1-9][0-9]{0,21})(\\.[0-9]{1,45})?",
+            1 => "-?[1-9][0-9]{300,320}(\\.[0-9]{1,3})?",
+            1 => "-?(0|[1-9][0-9]{0,3})(\\.[0-9]{1,3})?[eE][+-]?[0-9]{1,4}",
+        ]
+    }
+
+    /// Whitespace between tokens, mostly none, as in the bench's bodies.
+    fn whitespace() -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::sample::select(vec!["", "", "", "", "", " ", "\n  ", "\t", "\r\n"])
+    }
+
+    /// JSON value texts mixing every shape `plainly_clean` must see through: nested objects with repeated keys
+    /// (also spelled with escapes), objects past its key limit, surrogate escapes, numbers past f64, whitespace.
+    fn value_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            1 => prop::sample::select(vec!["null", "true", "false"]).prop_map(str::to_owned),
+            2 => number_text(),
+            3 => string_text(),
+        ];
+        leaf.prop_recursive(5, 64, 4, |inner| {
+            let entry = (key_text(), whitespace(), inner.clone(), whitespace());
+            prop_oneof![
+                3 => prop::collection::vec((inner.clone(), whitespace()), 0..4).prop_map(|items| {
+                    let items: Vec<String> = items.into_iter().map(|(v, w)| format!("{w}{v}{w}")).collect();
+                    format!("[{}]", items.join(","))
+                }),
+                3 => prop::collection::vec(entry, 0..6).prop_map(|entries| {
+                    let entries: Vec<String> =
+                        entries.into_iter().map(|(k, w, v, x)| format!("{w}{k}{x}:{w}{v}{x}")).collect();
+                    format!("{{{}}}", entries.join(","))
+                }),
+                // Distinct plain keys, up to past the 16 the fast path checks.
+                1 => (0..20usize, inner).prop_map(|(n, value)| {
+                    let entries: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{value}")).collect();
+                    format!("{{{}}}", entries.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        // More cases than the default: a text must be clean everywhere else for a flaw in one place to count.
+        #![proptest_config(proptest::test_runner::Config::with_cases(1024))]
+
+        #[test]
+        fn fast_path_vouches_only_for_what_serde_json_accepts(text in value_text()) {
+            proptest::prop_assert!(serde_json::from_str::<de::IgnoredAny>(&text).is_ok(), "not JSON: {}", text);
+            if plainly_clean(&text) {
+                proptest::prop_assert!(check_values(&text).is_ok(), "vouched for {}: {:?}", text, check_values(&text));
+                proptest::prop_assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+            }
+        }
+
+        #[test]
+        fn fast_path_never_panics(text in "[\\[\\]{}\":,\\\\ u0-9a-fdD.eE+-]{0,48}") {
+            let _ = plainly_clean(&text);
+        }
+    }
+
+    /// The property above is only as strong as its texts: they must often be vouched for, and often not.
+    #[test]
+    fn generated_values_reach_every_answer() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut vouched, mut unsure_fine, mut refused) = (0, 0, 0);
+        for _ in 0..1000 {
+            let text = value_text().new_tree(&mut runner).unwrap().current();
+            match (plainly_clean(&text), check_values(&text).is_ok()) {
+                (true, _) => vouched += 1,
+                (false, true) => unsure_fine += 1,
+                (false, false) => refused += 1,
+            }
+        }
+        println!("vouched {vouched}, unsure but fine {unsure_fine}, refused {refused}");
+        assert!(vouched >= 200 && unsure_fine >= 100 && refused >= 100, "{vouched} {unsure_fine} {refused}");
     }
 
     #[test]
