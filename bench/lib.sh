@@ -180,7 +180,7 @@ start_forwarder() {
     local kafka_ok="ready; kafka: Kafka reachable, every topic exists" answer
     warm() { [[ $answer == "$kafka_ok" || ($answer == ready* && $answer != *kafka:*) ]]; }
     for ((i = 0; i < ${START_TIMEOUT:-60} * 2; i++)); do
-        answer=$(curl -s "http://$ADMIN_ADDR/readyz")
+        answer=$(curl -s "http://$ADMIN_ADDR/readyz" || true)
         warm && break
         kill -0 "$FWD_PID" 2>/dev/null || die "forwarder exited (see $out/$FWD_LOG)"
         sleep 0.5
