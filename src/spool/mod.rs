@@ -1246,6 +1246,37 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn deleting_a_delivered_segment_does_not_hold_up_the_next_commit() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let mut places = Vec::new();
+            while places.last().is_none_or(|place: &RecordRef| place.segment == places[0].segment) {
+                places.push(spool.append(frame_for(places.len())).unwrap().await.unwrap());
+            }
+            // A deletion that takes 2 s (the seam sits in the directory sync after it).
+            fail::cfg("spool.delete", "sleep(2000)").unwrap();
+            let first_segment = places[0].segment;
+            for place in places.iter().filter(|place| place.segment == first_segment) {
+                spool.ack(*place);
+            }
+            let gone = (0..100).find(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                !segment_path(dir.path(), first_segment).exists()
+            });
+            assert!(gone.is_some(), "the delivered segment is deleted");
+            let started = Instant::now();
+            spool.append(frame_for(100)).unwrap().await.unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "a commit waited {:?} for a deletion",
+                started.elapsed()
+            );
+            fail::remove("spool.delete");
+            scenario.teardown();
+        }
+
+        #[tokio::test]
         async fn a_failed_write_in_a_batch_settles_the_frames_before_it() {
             let scenario = fail::FailScenario::setup();
             let dir = tempfile::tempdir().unwrap();
