@@ -209,7 +209,7 @@ fn walk_rename_error() {
         .args(["--kafka-brokers", &broker.addr, "--sdk-app-id", APP_ID])
         .args(disk_flags(&spool))
         .env("FAILPOINTS", "spool.rename=return");
-    let output = cmd.output().expect("run the forwarder");
+    let output = output_within(cmd, Duration::from_secs(60));
     assert!(!output.status.success(), "a start whose spool repair failed must fail");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--spool-dir"), "the failed start names the spool: {stderr}");
@@ -220,6 +220,26 @@ fn walk_rename_error() {
     let mut checks = Checks::default();
     check_drained(&mut checks, "second forwarder", &metrics);
     checks.finish();
+}
+
+/// Runs a forwarder that must end on its own (here: at start, while repairing the spool), for at most `limit`;
+/// one that is still running then did not meet what the test prepared (no torn segment to repair) and is killed.
+fn output_within(mut cmd: std::process::Command, limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run the forwarder");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait for the forwarder").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("reap the forwarder");
+            panic!(
+                "the forwarder still ran after {limit:?}: it found nothing to repair at start?\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect the forwarder's output")
 }
 
 /// Sends callbacks to a forwarder until a short write that cannot be cut back kills it: the spool then ends
@@ -250,7 +270,7 @@ fn walk_kill(target: &str) {
             .args(["--kafka-brokers", &broker.addr, "--sdk-app-id", APP_ID])
             .args(disk_flags(&spool))
             .env("FAILPOINTS", "spool.rename=return(abort)");
-        let status = cmd.output().expect("run the forwarder").status;
+        let status = output_within(cmd, Duration::from_secs(60)).status;
         assert_eq!(status.code(), None, "killed at spool.rename: {status:?}");
         tally
     } else {

@@ -703,7 +703,8 @@ impl Writer {
         let written = match seam::check("spool.write") {
             Some(Fault::Error(err)) => Err(err),
             Some(Fault::Short) => {
-                let _ = file.write_all(&self.run[..self.run.len() / 2]);
+                // Stops inside the first frame: half of the run could end on a frame boundary and leave no tear.
+                let _ = file.write_all(&self.run[..frames[0].len() / 2]);
                 Err(io::Error::new(io::ErrorKind::WriteZero, "injected short write at spool.write"))
             }
             _ => file.write_all(&self.run),
