@@ -40,8 +40,9 @@ const SEAMS: &[&str] = &[
 /// The spool of most tests: 4 MiB (1 MiB segments), room for some 20 s of the walks' load (under 1 KB a record,
 /// 200 a second), so that a broker lagging behind on a loaded machine does not fill it (503/50301).
 const SPOOL_BYTES: &str = "4194304";
-/// The spool of the rotation and deletion walks: 1 MiB, whose 256 KiB segments (started afresh at 64 KiB once
-/// delivered) rotate and are deleted several times a second under the tests' load.
+/// The spool of the rotation and deletion walks: 1 MiB, whose 256 KiB segments (full after about a second of the
+/// tests' load, or started afresh at 64 KiB once delivered, at most once a second) rotate and are deleted about
+/// once a second.
 const SMALL_SPOOL_BYTES: &str = "1048576";
 
 /// A disk-mode forwarder with a [`SPOOL_BYTES`] spool.
