@@ -673,58 +673,6 @@ mod tests {
         assert!(parse(body.as_bytes()).is_ok());
     }
 
-    /// Not a check: prints the cost per body of `parse` and of its value checks on the bench's bodies. Run it with
-    /// `cargo test --release --lib parse_cost -- --ignored --nocapture`, or under callgrind (fewer
-    /// `PARSE_COST_ROUNDS`) and divide the inclusive cost of each `run_*` by rounds × 6 bodies (× 1 with
-    /// `PARSE_COST_SAMPLE_ONLY` set).
-    #[test]
-    #[ignore]
-    fn parse_cost() {
-        let rounds = std::env::var("PARSE_COST_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20_000);
-        let mut bodies: Vec<&str> = std::iter::once(SAMPLE_BODY).chain(BENCH_BODIES).collect();
-        if std::env::var_os("PARSE_COST_SAMPLE_ONLY").is_some() {
-            bodies.truncate(1);
-        }
-        let runs: [(&str, Run); 3] =
-            [("parse", run_parse), ("check_values", run_check_values), ("plainly_clean", run_plainly_clean)];
-        for (label, run) in runs {
-            let started = std::time::Instant::now();
-            run(&bodies, rounds);
-            let per_body = started.elapsed().as_nanos() / (rounds * bodies.len()) as u128;
-            println!("{label}: {per_body} ns per body");
-        }
-    }
-
-    /// Runs one step `rounds` times over every body.
-    type Run = fn(&[&str], usize);
-
-    #[inline(never)]
-    fn run_parse(bodies: &[&str], rounds: usize) {
-        for _ in 0..rounds {
-            for body in bodies {
-                assert!(parse(std::hint::black_box(body.as_bytes())).is_ok());
-            }
-        }
-    }
-
-    #[inline(never)]
-    fn run_check_values(bodies: &[&str], rounds: usize) {
-        for _ in 0..rounds {
-            for body in bodies {
-                assert!(check_values(std::hint::black_box(body)).is_ok());
-            }
-        }
-    }
-
-    #[inline(never)]
-    fn run_plainly_clean(bodies: &[&str], rounds: usize) {
-        for _ in 0..rounds {
-            for body in bodies {
-                assert!(plainly_clean(std::hint::black_box(body)));
-            }
-        }
-    }
-
     fn nested(prefix: &str, depth: usize, suffix: &str) -> Vec<u8> {
         let mut body = prefix.as_bytes().to_vec();
         body.extend(std::iter::repeat_n(b'[', depth));
