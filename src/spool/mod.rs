@@ -1133,6 +1133,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_delivered_active_segment_is_replaced_at_most_once_a_second() {
+        let _seams = apart_from_seams();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+        // Appends three frames (past a quarter of the 4 KiB segments), acknowledges them, and says where the
+        // next append lands once the writer has settled the acknowledgements.
+        let delivered_then_next = || async {
+            let mut places = Vec::new();
+            for i in 0..3 {
+                places.push(spool.append(frame_for(i)).unwrap().await.unwrap());
+            }
+            for place in &places {
+                spool.ack(*place);
+            }
+            tokio::time::sleep(ACK_SETTLE_INTERVAL * 4).await;
+            (places[0].segment, spool.append(frame_for(9)).unwrap().await.unwrap())
+        };
+        let (first, next) = delivered_then_next().await;
+        assert!(next.segment > first, "a delivered segment is replaced: {first} then {next:?}");
+        spool.ack(next);
+        let (second, again) = delivered_then_next().await;
+        assert_eq!(again.segment, second, "replaced again within a second");
+        spool.ack(again);
+        tokio::time::sleep(EARLY_ROTATION_INTERVAL).await;
+        let later = spool.append(frame_for(10)).unwrap().await.unwrap();
+        assert!(later.segment > second, "replaced once a second has passed: {second} then {later:?}");
+    }
+
+    #[tokio::test]
     async fn close_reports_every_record_left_including_the_replay_queue() {
         let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
