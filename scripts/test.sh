@@ -21,6 +21,16 @@ if ! pkg-config --exists openssl 2>/dev/null; then
   fi
 fi
 
+# tests/seams.rs watches the forwarder's fdatasync calls with strace (what no in-process check can prove).
+if ! command -v strace >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
+  else
+    echo "scripts/test.sh: strace missing: install it (Debian: apt-get install strace)" >&2
+    exit 1
+  fi
+fi
+
 # The tests start their own brokers from this binary.
 if [ -z "${TANSU_BIN:-}" ]; then
   if [ ! -x "$tansu_root/bin/tansu" ] || ! "$tansu_root/bin/tansu" --version 2>/dev/null | grep -q "$tansu_version"; then

@@ -366,6 +366,48 @@ fn the_answer_waits_for_the_fsync_and_a_failed_fsync_refuses() {
     assert_all_delivered("fsync slow, failed, then fine", &acked, &broker.addr);
 }
 
+/// Watched from outside with `strace`: every OK answer of disk mode is written after an `fdatasync` that returned
+/// since the previous answer (callbacks sent one at a time, so each needs its own commit). Without the sync call
+/// (or with the answer sent before it), the trace shows an answer with no sync before it.
+#[test]
+fn every_acknowledgement_follows_an_fdatasync_seen_by_strace() {
+    let broker = Tansu::with_topics();
+    let (_spool, spool) = spool_dir();
+    let trace_dir = tempfile::tempdir().expect("temp dir");
+    let trace = trace_dir.path().join("strace.txt");
+    let flags = disk_flags(&spool);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut fwd = Proc::start_traced("traced forwarder", &broker.addr, &flags, &trace);
+    fwd.wait_ready(READY_TIMEOUT);
+    let mut acked = Tally::default();
+    for i in 0..20 {
+        acked.merge(post(&fwd, &common::faults::callback_body("traced", i, 100), Duration::from_secs(10)));
+    }
+    // The child is strace; the forwarder is its child. Stopping the forwarder ends strace, which flushes its output.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", fwd.pid())).expect("strace's child");
+    let forwarder: i32 = children.split_whitespace().next().and_then(|pid| pid.parse().ok()).expect("a forwarder pid");
+    // SAFETY: kill(2) on the forwarder strace started for this test, still traced (so not reaped) by strace.
+    assert_eq!(unsafe { libc::kill(forwarder, libc::SIGTERM) }, 0, "SIGTERM to the traced forwarder");
+    fwd.wait_exit(Duration::from_secs(30));
+    assert_eq!(acked.acked.len(), 20, "every callback acknowledged");
+
+    let trace = std::fs::read_to_string(&trace).expect("read the strace output");
+    let (mut syncs_since_answer, mut answers) = (0, 0);
+    for line in trace.lines() {
+        // A sync that returned 0: in one line, or as the end of one strace had to split ("<... resumed>").
+        let synced = line.contains("fdatasync") && line.trim_end().ends_with("= 0");
+        if synced {
+            syncs_since_answer += 1;
+        } else if line.contains("writev(") && line.contains(r#"ActionStatus\":\"OK"#) {
+            answers += 1;
+            assert!(syncs_since_answer > 0, "OK answer {answers} written with no fdatasync before it:\n{line}");
+            syncs_since_answer = 0;
+        }
+    }
+    assert_eq!(answers, 20, "the trace shows every OK answer (strace output:\n{trace})");
+    assert_all_delivered("traced", &acked, &broker.addr);
+}
+
 /// Sends the same callback twice, the second while the first is held up in the spool writer (for 5 s, see the
 /// caller); returns both tallies. The second comes 1.5 s after the first, time enough for the first to reach
 /// the writer on a loaded machine, and is answered within its 10 s once the first copy is settled.

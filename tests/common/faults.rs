@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -240,7 +240,15 @@ impl Proc {
 
     /// [`Proc::start`] with extra environment variables (e.g. `FAILPOINTS`).
     pub fn start_with_env(label: &str, bootstrap: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let mut cmd = forwarder::command();
+        Proc::start_command(forwarder::command(), label, bootstrap, extra, envs)
+    }
+
+    /// [`Proc::start`] under `strace` ([`forwarder::traced_command`]), writing its syncs and writes to `trace`.
+    pub fn start_traced(label: &str, bootstrap: &str, extra: &[&str], trace: &std::path::Path) -> Proc {
+        Proc::start_command(forwarder::traced_command(trace), label, bootstrap, extra, &[])
+    }
+
+    fn start_command(mut cmd: Command, label: &str, bootstrap: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--kafka-brokers", bootstrap, "--sdk-app-id", APP_ID, "--allow-unsigned"])
             .args(extra)

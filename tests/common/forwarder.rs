@@ -141,7 +141,14 @@ pub fn read_lines(pipe: impl Read + Send + 'static, stream: &'static str, output
 /// The forwarder's `Command` with a clean environment: no inherited IMCF_* variables. `IMCF_TEST_BIN` names
 /// another binary to run the same tests against (e.g. an older build, to show that a new test fails there).
 pub fn command() -> Command {
-    let mut cmd = Command::new(std::env::var_os("IMCF_TEST_BIN").unwrap_or_else(|| BIN.into()));
+    clean(Command::new(forwarder_program()))
+}
+
+fn forwarder_program() -> std::ffi::OsString {
+    std::env::var_os("IMCF_TEST_BIN").unwrap_or_else(|| BIN.into())
+}
+
+fn clean(mut cmd: Command) -> Command {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("IMCF_") {
             cmd.env_remove(k);
@@ -149,6 +156,18 @@ pub fn command() -> Command {
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
+}
+
+/// [`command`] under `strace`, which writes every `fdatasync` and `writev` of the forwarder's threads, in the
+/// order they return, to `trace`: what a test cannot see otherwise (`kill -9` keeps the page cache), whether a
+/// sync really happened before an answer.
+pub fn traced_command(trace: &std::path::Path) -> Command {
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "--seccomp-bpf", "-s", "64", "-e", "trace=fdatasync,writev", "-o"])
+        .arg(trace)
+        .arg("--")
+        .arg(forwarder_program());
+    clean(cmd)
 }
 
 /// The "message" of a tracing JSON log line (under "fields", or top level).
