@@ -143,6 +143,16 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
     metric
 }
 
+/// A [`counter_vec`] whose series for every value of its bounded label exist from the start (at 0), so that
+/// rates and alerts see them before the first event.
+fn counter_vec_of(registry: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+    let metric = counter_vec(registry, name, help, label);
+    for value in values {
+        metric.with_label_values(&[value]);
+    }
+    metric
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
@@ -157,10 +167,8 @@ impl Metrics {
     /// Builds the catalogue on a fresh private registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let callbacks = counter_vec(&registry, "imcf_callbacks_total", "Callbacks received, by outcome.", "outcome");
-        for outcome in OUTCOMES {
-            callbacks.with_label_values(&[outcome]);
-        }
+        let callbacks =
+            counter_vec_of(&registry, "imcf_callbacks_total", "Callbacks received, by outcome.", "outcome", OUTCOMES);
         let by_category = counter_vec(
             &registry,
             "imcf_exceptions_total",
@@ -169,31 +177,27 @@ impl Metrics {
         );
         let exceptions =
             ErrorCategory::ALL.iter().map(|category| by_category.with_label_values(&[category.as_str()])).collect();
-        let exceptions_by_code = counter_vec(
+        let exceptions_by_code = counter_vec_of(
             &registry,
             "imcf_exceptions_by_code_total",
             "Accepted exception events, by Tencent ErrorCode (documented codes, else \"other\").",
             "error_code",
+            &ERROR_CODE_LABELS,
         );
-        for code in ERROR_CODE_LABELS {
-            exceptions_by_code.with_label_values(&[code]);
-        }
-        let routed = counter_vec(
+        let routed = counter_vec_of(
             &registry,
             "imcf_routed_callbacks_total",
             "Callbacks of other commands published through a --route, by command (known names, else \"other\").",
             "command",
+            &COMMAND_LABELS,
         );
-        let unrouted = counter_vec(
+        let unrouted = counter_vec_of(
             &registry,
             "imcf_unrouted_callbacks_total",
             "Authentic callbacks of commands without a route, by command (known names, else \"other\").",
             "command",
+            &COMMAND_LABELS,
         );
-        for command in COMMAND_LABELS {
-            routed.with_label_values(&[command]);
-            unrouted.with_label_values(&[command]);
-        }
         let build_info = IntGaugeVec::new(Opts::new("imcf_build_info", "Build information; always 1."), &["version"])
             .expect("valid metric");
         registry.register(Box::new(build_info.clone())).expect("unique metric");
@@ -204,20 +208,20 @@ impl Metrics {
             .expect("unique metric");
 
         let stats = KafkaStatsMetrics::new(&registry);
-        let spooled =
-            counter_vec(&registry, "imcf_spooled_total", "Records written to the disk spool, by reason.", "reason");
-        for reason in SPOOL_REASONS {
-            spooled.with_label_values(&[reason]);
-        }
-        let replay_deferred = counter_vec(
+        let spooled = counter_vec_of(
+            &registry,
+            "imcf_spooled_total",
+            "Records written to the disk spool, by reason.",
+            "reason",
+            SPOOL_REASONS,
+        );
+        let replay_deferred = counter_vec_of(
             &registry,
             "imcf_replay_deferred_total",
             "Times the replayer left a spooled record for later, by reason (it stays in the spool).",
             "reason",
+            REPLAY_DEFER_REASONS,
         );
-        for reason in REPLAY_DEFER_REASONS {
-            replay_deferred.with_label_values(&[reason]);
-        }
         let kafka_ready = IntGaugeVec::new(
             Opts::new(
                 "imcf_kafka_ready",
@@ -230,15 +234,13 @@ impl Metrics {
         for reason in KAFKA_READY_REASONS {
             kafka_ready.with_label_values(&[reason]);
         }
-        let config_reloads = counter_vec(
+        let config_reloads = counter_vec_of(
             &registry,
             "imcf_config_reloads_total",
             "Reloads of --apps-file and --callback-token-file (on change or SIGHUP), by result.",
             "result",
+            RELOAD_RESULTS,
         );
-        for result in RELOAD_RESULTS {
-            config_reloads.with_label_values(&[result]);
-        }
         let config_last_reload_success = gauge(
             &registry,
             "imcf_config_last_reload_success_timestamp_seconds",
