@@ -259,7 +259,9 @@ pub struct EventRecord<'n> {
     pub key: &'n str,
     /// The `schema` header.
     pub schema: &'static str,
-    sdk_app_id: String,
+    // The decimal SdkAppid (at most 20 digits for a u64), kept inline: no allocation per record.
+    sdk_app_id: [u8; 20],
+    sdk_app_id_len: usize,
 }
 
 impl<'n> EventRecord<'n> {
@@ -271,14 +273,18 @@ impl<'n> EventRecord<'n> {
         };
         // Never an empty key: partitioners treat it as "no key" and scatter the group's events.
         let key = if key.is_empty() { normalized.event_id() } else { key };
-        EventRecord { payload, key, schema, sdk_app_id: itoa::Buffer::new().format(sdk_app_id).to_owned() }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(sdk_app_id).as_bytes();
+        let mut inline = [0u8; 20];
+        inline[..digits.len()].copy_from_slice(digits);
+        EventRecord { payload, key, schema, sdk_app_id: inline, sdk_app_id_len: digits.len() }
     }
 
     /// The headers, in the order the endpoint writes them.
     pub fn headers<'h>(&'h self, normalized: &'h Normalized<'_>) -> [(&'static str, &'h [u8]); 5] {
         [
             ("event_id", normalized.event_id().as_bytes()),
-            ("sdk_app_id", self.sdk_app_id.as_bytes()),
+            ("sdk_app_id", &self.sdk_app_id[..self.sdk_app_id_len]),
             ("callback_command", normalized.command().as_bytes()),
             ("schema", self.schema.as_bytes()),
             ("content-type", b"application/json"),
