@@ -21,7 +21,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{Args, Config, Durability, KafkaTarget, SpoolConfig, MAX_SECS};
-use crate::sink::{validate_properties, DEFAULT_PRODUCER_PROPERTIES, SPOOL_READY_HEADROOM_BYTES};
+use crate::sink::{spool_ready_headroom, validate_properties, DEFAULT_PRODUCER_PROPERTIES};
 use crate::spool::{free_disk_bytes, list_segments, scan};
 
 /// `check` flags: those of serving, and the time Kafka may take.
@@ -180,7 +180,7 @@ fn check_spool(spool: &SpoolConfig) -> Vec<Line> {
         (Err(err), _) => Err((what("writable"), format!("cannot create {}: {err}", probe.display()))),
         (Ok(()), Err(err)) => Err((what("writable"), format!("cannot remove {}: {err}", probe.display()))),
     });
-    let headroom = SPOOL_READY_HEADROOM_BYTES.min(spool.max_bytes / 16);
+    let headroom = spool_ready_headroom(spool.max_bytes);
     lines.push(match free_disk_bytes(dir) {
         Ok(free) if free < headroom => Err((
             what("free space"),

@@ -33,7 +33,13 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
 /// How old the last successful metadata answer may be for Kafka to count as up.
 const METADATA_MAX_AGE: Duration = Duration::from_secs(15);
 /// Readiness fails once the spool has less free space than this (or a sixteenth of the spool).
-pub const SPOOL_READY_HEADROOM_BYTES: u64 = 1024 * 1024;
+const SPOOL_READY_HEADROOM_BYTES: u64 = 1024 * 1024;
+
+/// The room a spool of `max_bytes` must have left, in its limit and on its disk, for `/readyz` to pass:
+/// [`SPOOL_READY_HEADROOM_BYTES`] or a sixteenth of the spool, whichever is less.
+pub fn spool_ready_headroom(max_bytes: u64) -> u64 {
+    SPOOL_READY_HEADROOM_BYTES.min(max_bytes / 16)
+}
 /// A replayed record that the producer refused is tried again after this long (doubling up to the maximum).
 const REPLAY_RETRY_MIN: Duration = Duration::from_millis(500);
 const REPLAY_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -694,7 +700,7 @@ impl KafkaSink {
     pub fn readiness(&self) -> Result<(), String> {
         match &self.spool {
             Some(spool) => {
-                let headroom = SPOOL_READY_HEADROOM_BYTES.min(spool.max_bytes() / 16);
+                let headroom = spool_ready_headroom(spool.max_bytes());
                 if !spool.has_headroom(headroom) {
                     return Err("the disk spool is full".into());
                 }

@@ -5,6 +5,6 @@ mod kafka;
 
 pub use embedded::{EmbeddedKafka, ReadBackLogger};
 pub use kafka::{
-    validate_properties, Durability, FlushReport, KafkaSink, KafkaStatus, Outgoing, SinkError, SinkSettings,
-    DEFAULT_PRODUCER_PROPERTIES, SPOOL_READY_HEADROOM_BYTES,
+    spool_ready_headroom, validate_properties, Durability, FlushReport, KafkaSink, KafkaStatus, Outgoing, SinkError,
+    SinkSettings, DEFAULT_PRODUCER_PROPERTIES,
 };
