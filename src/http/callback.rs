@@ -167,7 +167,8 @@ pub struct EdgeSettings {
 /// that may yet fail.
 #[derive(Default)]
 struct InFlight {
-    pending: Mutex<nohash_hasher::IntMap<u64, watch::Receiver<Option<bool>>>>,
+    // The channel to the waiting copies is made by the first duplicate: most callbacks never have one.
+    pending: Mutex<nohash_hasher::IntMap<u64, Option<watch::Sender<Option<bool>>>>>,
 }
 
 /// What a request learns about its fingerprint.
@@ -185,7 +186,7 @@ enum Claim<'a> {
 struct Settle<'a> {
     fingerprint: u64,
     edge: &'a CallbackEdge,
-    sender: Option<watch::Sender<Option<bool>>>,
+    settled: bool,
 }
 
 impl Settle<'_> {
@@ -194,13 +195,16 @@ impl Settle<'_> {
     }
 
     fn finish(&mut self, accepted: bool) {
-        let Some(sender) = self.sender.take() else { return };
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
         let mut pending = self.edge.in_flight.pending.lock().expect("in-flight lock");
         if !accepted {
             self.edge.replays.forget(self.fingerprint);
         }
-        pending.remove(&self.fingerprint);
-        let _ = sender.send(Some(accepted));
+        if let Some(Some(waiting)) = pending.remove(&self.fingerprint) {
+            let _ = waiting.send(Some(accepted));
+        }
     }
 }
 
@@ -450,15 +454,14 @@ impl CallbackEdge {
 
     fn claim(&self, fingerprint: u64) -> Claim<'_> {
         let mut pending = self.in_flight.pending.lock().expect("in-flight lock");
-        if let Some(outcome) = pending.get(&fingerprint) {
-            return Claim::Wait(outcome.clone());
+        if let Some(waiting) = pending.get_mut(&fingerprint) {
+            return Claim::Wait(waiting.get_or_insert_with(|| watch::channel(None).0).subscribe());
         }
         if !self.replays.first_time(fingerprint) {
             return Claim::Replayed;
         }
-        let (sender, receiver) = watch::channel(None);
-        pending.insert(fingerprint, receiver);
-        Claim::First(Settle { fingerprint, edge: self, sender: Some(sender) })
+        pending.insert(fingerprint, None);
+        Claim::First(Settle { fingerprint, edge: self, settled: false })
     }
 
     async fn publish(
