@@ -378,14 +378,24 @@ fn every_acknowledgement_follows_an_fdatasync_seen_by_strace() {
     let flags = disk_flags(&spool);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut fwd = Proc::start_traced("traced forwarder", &broker.addr, &flags, &trace);
+    // The child is strace; the forwarder is its child, which the harness's kill-on-exit does not reach: killed
+    // here if the test fails before it stops the forwarder itself.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", fwd.pid())).expect("strace's child");
+    let forwarder: i32 = children.split_whitespace().next().and_then(|pid| pid.parse().ok()).expect("a forwarder pid");
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the traced forwarder; once it has exited, strace has reaped it and this fails.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _guard = KillOnDrop(forwarder);
     fwd.wait_ready(READY_TIMEOUT);
     let mut acked = Tally::default();
     for i in 0..20 {
         acked.merge(post(&fwd, &common::faults::callback_body("traced", i, 100), Duration::from_secs(10)));
     }
-    // The child is strace; the forwarder is its child. Stopping the forwarder ends strace, which flushes its output.
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", fwd.pid())).expect("strace's child");
-    let forwarder: i32 = children.split_whitespace().next().and_then(|pid| pid.parse().ok()).expect("a forwarder pid");
+    // Stopping the forwarder ends strace, which has then written everything.
     // SAFETY: kill(2) on the forwarder strace started for this test, still traced (so not reaped) by strace.
     assert_eq!(unsafe { libc::kill(forwarder, libc::SIGTERM) }, 0, "SIGTERM to the traced forwarder");
     fwd.wait_exit(Duration::from_secs(30));
