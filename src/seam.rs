@@ -24,6 +24,8 @@ pub const SEAMS: &[&str] = &[
     "spool.rotate",
     // Deleting a delivered segment (and syncing the directory).
     "spool.delete",
+    // Preparing the preallocated spare segment (between writing its zeros and syncing them).
+    "spool.prepare",
     // Replacing a damaged segment by its repaired copy at recovery.
     "spool.rename",
     // Reading a spooled record back for replay.

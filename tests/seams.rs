@@ -32,6 +32,7 @@ const SEAMS: &[&str] = &[
     "spool.truncate",
     "spool.rotate",
     "spool.delete",
+    "spool.prepare",
     "spool.rename",
     "spool.read",
     "kafka.produce",
@@ -128,7 +129,7 @@ fn check_drained(checks: &mut Checks, who: &str, metrics: &Metrics) {
 /// The flags of a walk over `target`: the rotation and deletion seams are reached only with small segments.
 fn walk_flags(target: &str, spool: &str) -> Vec<String> {
     match target {
-        "spool.rotate" | "spool.delete" => spool_flags(spool, SMALL_SPOOL_BYTES),
+        "spool.rotate" | "spool.delete" | "spool.prepare" => spool_flags(spool, SMALL_SPOOL_BYTES),
         _ => disk_flags(spool),
     }
 }
@@ -137,7 +138,7 @@ fn walk_flags(target: &str, spool: &str) -> Vec<String> {
 /// documented answer) when the broker lags behind the load for a few seconds.
 fn walk_refusals(target: &str) -> &'static [(u16, i64)] {
     match target {
-        "spool.rotate" | "spool.delete" => &[(503, 50300), (503, 50301)],
+        "spool.rotate" | "spool.delete" | "spool.prepare" => &[(503, 50300), (503, 50301)],
         _ => &[(503, 50300)],
     }
 }
@@ -321,6 +322,7 @@ walk! {
     error_at_spool_truncate, kill_at_spool_truncate => "spool.truncate";
     error_at_spool_rotate, kill_at_spool_rotate => "spool.rotate";
     error_at_spool_delete, kill_at_spool_delete => "spool.delete";
+    error_at_spool_prepare, kill_at_spool_prepare => "spool.prepare";
     error_at_spool_rename, kill_at_spool_rename => "spool.rename";
     error_at_spool_read, kill_at_spool_read => "spool.read";
     error_at_kafka_produce, kill_at_kafka_produce => "kafka.produce";
@@ -366,8 +368,8 @@ fn the_answer_waits_for_the_fsync_and_a_failed_fsync_refuses() {
     assert_all_delivered("fsync slow, failed, then fine", &acked, &broker.addr);
 }
 
-/// Watched from outside with `strace`: every OK answer of disk mode is written after an `fdatasync` that returned
-/// since the previous answer (callbacks sent one at a time, so each needs its own commit). Without the sync call
+/// Watched from outside with `strace`: every OK answer of disk mode is written after an `fdatasync` of a segment
+/// that returned since the previous answer (callbacks sent one at a time, so each needs its own commit). Without the sync call
 /// (or with the answer sent before it), the trace shows an answer with no sync before it.
 #[test]
 fn every_acknowledgement_follows_an_fdatasync_seen_by_strace() {
@@ -403,9 +405,18 @@ fn every_acknowledgement_follows_an_fdatasync_seen_by_strace() {
 
     let trace = std::fs::read_to_string(&trace).expect("read the strace output");
     let (mut syncs_since_answer, mut answers) = (0, 0);
+    // Threads (strace -f prefixes each line with one) whose fdatasync of a segment strace had to split.
+    let mut unfinished = BTreeSet::new();
     for line in trace.lines() {
-        // A sync that returned 0: in one line, or as the end of one strace had to split ("<... resumed>").
-        let synced = line.contains("fdatasync") && line.trim_end().ends_with("= 0");
+        let thread = line.split_whitespace().next().unwrap_or_default().to_string();
+        // Only a segment's sync counts (strace -y names the file): the spare segment's zeros are synced too.
+        let of_a_segment = line.contains("fdatasync(") && line.contains("/segment-");
+        if of_a_segment && line.contains("<unfinished") {
+            unfinished.insert(thread.clone());
+        }
+        let resumed = line.contains("<... fdatasync resumed>") && unfinished.remove(&thread);
+        // A sync that returned 0: in one line, or as the end of one strace had to split.
+        let synced = (of_a_segment || resumed) && line.trim_end().ends_with("= 0");
         if synced {
             syncs_since_answer += 1;
         } else if line.contains("writev(") && line.contains(r#"ActionStatus\":\"OK"#) {

@@ -218,7 +218,8 @@ fn scan_spool(dir: &Path) -> Result<String, String> {
         let scanned = scan::scan_segment(&data);
         count += 1;
         frames += scanned.frames.len();
-        bytes += data.len() as u64;
+        // Written bytes: the zeros of a preallocated segment are room.
+        bytes += scanned.end;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for region in &scanned.damage {
             damage.push(format!(

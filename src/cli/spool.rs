@@ -121,7 +121,8 @@ fn stat(dir: &Path, out: &mut impl Write) -> Result<ExitCode, SpoolToolError> {
     let (mut oldest, mut newest): (Option<SystemTime>, Option<SystemTime>) = (None, None);
     each_segment(dir, |_, path, data, scanned| {
         names.push(file_name(path));
-        bytes += data.len() as u64;
+        // Written bytes: a preallocated segment's zeros after them are room.
+        bytes += scanned.end;
         damaged += scanned.damage.len();
         for (_, record) in scan::records(data, scanned) {
             records += 1;
@@ -164,7 +165,9 @@ fn verify(dir: &Path, out: &mut impl Write) -> Result<ExitCode, SpoolToolError> 
         segments += 1;
         frames += scanned.frames.len();
         if scanned.damage.is_empty() {
-            return writeln!(out, "{name}: ok, {} frames, {} bytes", scanned.frames.len(), data.len())
+            let room = data.len() as u64 - scanned.end;
+            let room = if room > 0 { format!(" (+{room} preallocated)") } else { String::new() };
+            return writeln!(out, "{name}: ok, {} frames, {} bytes{room}", scanned.frames.len(), scanned.end)
                 .map_err(SpoolToolError::Output);
         }
         damaged_segments += 1;

@@ -3,6 +3,10 @@
 //!
 //! Nothing here writes, renames or locks: a forwarder may be appending to the newest segment while it is
 //! scanned, in which case the frame being written shows as a torn tail.
+//!
+//! Segments are preallocated with zeros (see [`super`]): the zeros after the last frame are room not yet
+//! written, not damage. A scan ends where only zeros remain ([`SegmentScan::end`]); a partial frame followed by
+//! zeros is a torn tail (a write a crash cut short), and a damaged tail stops where the zeros begin.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -64,6 +68,9 @@ pub struct SegmentScan {
     pub frames: Vec<FrameAt>,
     /// Damaged regions.
     pub damage: Vec<Damage>,
+    /// Where the written bytes end: the start of the zeros that fill the rest of a preallocated segment, or
+    /// the segment's length.
+    pub end: u64,
 }
 
 /// Where the next valid frame starts at or after `from`, if any.
@@ -81,11 +88,14 @@ fn next_frame(data: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Splits a segment's bytes into valid frames and damaged regions. After a bad frame, whatever length it
-/// claims, the scan goes on at the next valid frame.
+/// claims, the scan goes on at the next valid frame. Zeros to the end of the segment are unwritten room.
 pub fn scan_segment(data: &[u8]) -> SegmentScan {
-    let mut scanned = SegmentScan::default();
+    // Everything from `written` on is zeros: the preallocated room no write has reached (a frame starts with
+    // MAGIC and never ends in a zero byte's place: its checksum covers its length).
+    let written = data.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+    let mut scanned = SegmentScan { end: written as u64, ..SegmentScan::default() };
     let mut position = 0;
-    while position < data.len() {
+    while position < written {
         let found = frame::scan(&data[position..]);
         if let frame::Scan::Frame(len) = found {
             scanned.frames.push(FrameAt { offset: position as u64, len });
@@ -94,13 +104,26 @@ pub fn scan_segment(data: &[u8]) -> SegmentScan {
         }
         let (end, kind) = match next_frame(data, position + 1) {
             Some(resume) => (resume, DamageKind::Corrupt),
+            // The frame runs past the end of the file: a growing segment's last write, cut short.
             None if found == frame::Scan::Torn => (data.len(), DamageKind::TornTail),
-            None => (data.len(), DamageKind::CorruptTail),
+            // A frame's start followed by zeros: a write that stopped inside the preallocated room.
+            None if written < data.len() && starts_like_a_frame(&data[position..written]) => {
+                (written, DamageKind::TornTail)
+            }
+            None => (written, DamageKind::CorruptTail),
         };
         scanned.damage.push(Damage { offset: position as u64, len: (end - position) as u64, kind });
         position = end;
     }
+    // A frame (or a torn one) whose last bytes are zeros ends past `written`.
+    scanned.end = scanned.end.max(position as u64);
     scanned
+}
+
+/// Whether `bytes` begin as a frame does (its magic, or the part of it there is).
+fn starts_like_a_frame(bytes: &[u8]) -> bool {
+    let n = bytes.len().min(frame::MAGIC.len());
+    n > 0 && bytes[..n] == frame::MAGIC[..n]
 }
 
 /// Reads a whole segment through a read-only handle. `Ok(None)` when it is gone (a forwarder deleted it
@@ -176,6 +199,65 @@ mod tests {
         let scanned = scan_segment(&data);
         assert_eq!(scanned.damage, vec![Damage { offset: len as u64, len: 8, kind: DamageKind::CorruptTail }]);
         assert!(scanned.damage[0].kind.is_tail());
+    }
+
+    #[test]
+    fn the_zeros_of_a_preallocated_segment_are_room_not_damage() {
+        let len = frame_for(0).len();
+        let mut data = segment(2);
+        data.resize(64 * 1024, 0);
+        let scanned = scan_segment(&data);
+        assert_eq!(scanned.frames.len(), 2);
+        assert!(scanned.damage.is_empty(), "{:?}", scanned.damage);
+        assert_eq!(scanned.end, 2 * len as u64);
+
+        let zeros = scan_segment(&vec![0; 4096]);
+        assert_eq!((zeros.frames.len(), zeros.damage.len(), zeros.end), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_frame_ending_in_zero_bytes_before_the_room_is_whole() {
+        // No headers: the payload ends with a zero header count.
+        let frame = frame::encode("t", b"k", b"v", std::iter::empty()).unwrap();
+        assert_eq!(&frame[frame.len() - 2..], &[0, 0]);
+        let mut data = frame.clone();
+        data.resize(8192, 0);
+        let scanned = scan_segment(&data);
+        assert_eq!(scanned.frames, vec![FrameAt { offset: 0, len: frame.len() }]);
+        assert!(scanned.damage.is_empty());
+        assert_eq!(scanned.end, frame.len() as u64);
+    }
+
+    #[test]
+    fn a_write_cut_short_inside_the_room_is_a_torn_tail_that_stops_at_the_zeros() {
+        let len = frame_for(0).len();
+        let mut data = segment(2);
+        data.extend_from_slice(&frame_for(2)[..len - 7]);
+        data.resize(64 * 1024, 0);
+        let scanned = scan_segment(&data);
+        assert_eq!(scanned.frames.len(), 2);
+        assert_eq!(
+            scanned.damage,
+            vec![Damage { offset: 2 * len as u64, len: (len - 7) as u64, kind: DamageKind::TornTail }]
+        );
+        assert_eq!(scanned.end, (3 * len - 7) as u64);
+
+        // Bytes that are no frame at all, then zeros: a corrupt tail, just as long as the bytes.
+        let mut data = segment(1);
+        data.extend_from_slice(b"garbage!");
+        data.resize(4096, 0);
+        let scanned = scan_segment(&data);
+        assert_eq!(scanned.damage, vec![Damage { offset: len as u64, len: 8, kind: DamageKind::CorruptTail }]);
+
+        // Zeros where a batch's first pages were never written, with its later frames on disk (a crash before
+        // the fdatasync): the frames are kept, the zeros are a corrupt region between them.
+        let mut data = segment(1);
+        data.extend_from_slice(&vec![0; len]);
+        data.extend_from_slice(&frame_for(2));
+        data.resize(8192, 0);
+        let scanned = scan_segment(&data);
+        assert_eq!(scanned.frames.len(), 2);
+        assert_eq!(scanned.damage, vec![Damage { offset: len as u64, len: len as u64, kind: DamageKind::Corrupt }]);
     }
 
     #[test]

@@ -163,7 +163,7 @@ fn clean(mut cmd: Command) -> Command {
 /// sync really happened before an answer.
 pub fn traced_command(trace: &std::path::Path) -> Command {
     let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "--seccomp-bpf", "-s", "64", "-e", "trace=fdatasync,writev", "-o"])
+    cmd.args(["-f", "-qq", "-y", "--seccomp-bpf", "-s", "64", "-e", "trace=fdatasync,writev", "-o"])
         .arg(trace)
         .arg("--")
         .arg(forwarder_program());
