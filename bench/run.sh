@@ -17,7 +17,9 @@
 #      --kafka: the bare server that also produces each body to Kafka, on its own topic), the least any
 #      publishing server must do;
 #   2. a restart of the forwarders (graceful; their counts are kept), so that the fixed-rate RSS is their own;
-#   3. open-loop RATE/s against each forwarder (and, if RATE_CEILING=1, the ceiling) for RATE_SECS s;
+#   3. open-loop RATE/s against each forwarder (and, if RATE_CEILING=1, the ceiling) for RATE_SECS s; then, with
+#      DISK=1 and LOADED_PROBE=1 (default), the probe again (LOADED_PROBE_BATCH records per sync, as a group
+#      commit holds at that rate), beside the memory forwarder at RATE/s: the disk's sync latency under load;
 # and reports throughput, the ratios, ack latency p50/p99/p99.9, peak RSS (VmHWM, reset per phase), CPU seconds
 # per 1,000 callbacks (/proc/PID/stat), and accepted (imcf_callbacks_total, summed over every forwarder process)
 # against delivered (records consumed back from Kafka, which must be equal).
@@ -25,6 +27,7 @@
 #
 # Environment (defaults): SAT_SECS=20 SAT_ROUNDS=2 SAT_CONNECTIONS=32 RATE=5000 RATE_SECS=20
 # RATE_CONNECTIONS=64 RATE_CEILING=1 FLOOR=1 DISK=1 SPOOL_DIR ($OUT/spool) FRAME_BYTES=1200 PROBE_COUNT=2000
+# LOADED_PROBE=1 LOADED_PROBE_COUNT=5000 LOADED_PROBE_BATCH=4
 # PHASES=saturation,rate WARMUP_SECS=2 LOADGEN_THREADS=1 PARTITIONS=3
 # TOKEN SDK_APP_ID FORWARDER_ARGS (extra flags for both forwarders, e.g. "-X linger.ms=20")
 # FORWARDER_ENV (NAME=VALUE words for the forwarders only, e.g. TOKIO_WORKER_THREADS=1)
@@ -52,6 +55,9 @@ FLOOR=${FLOOR:-1}
 DISK=${DISK:-1}
 FRAME_BYTES=${FRAME_BYTES:-1200}
 PROBE_COUNT=${PROBE_COUNT:-2000}
+LOADED_PROBE=${LOADED_PROBE:-1}
+LOADED_PROBE_COUNT=${LOADED_PROBE_COUNT:-5000}
+LOADED_PROBE_BATCH=${LOADED_PROBE_BATCH:-4}
 FLOOR_TOPIC=$TOPIC.bench-floor
 WARMUP_SECS=${WARMUP_SECS:-2}
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}
@@ -205,6 +211,18 @@ if [[ ,$PHASES, == *,rate,* ]]; then
     done
     if [[ $RATE_CEILING == 1 ]]; then
         phase "rate-ceiling" ceiling "$CEILING_PID" "$CEILING_ADDR" -c "$RATE_CONNECTIONS" -r "$RATE" -d "$RATE_SECS"
+    fi
+    if [[ $DISK == 1 && $LOADED_PROBE == 1 ]]; then
+        # The disk's sync latency under the CPU load of the fixed rate: the probe beside the memory forwarder
+        # (which writes nothing to disk), in a phase of its own so that the memory figures above stay unperturbed.
+        log "fdatasync probe beside the memory forwarder at $RATE/s (batches of $LOADED_PROBE_BATCH)"
+        (sleep "$WARMUP_SECS" && "$FSYNC_PROBE" --dir "$SPOOL_DIR" --bytes "$FRAME_BYTES" --count "$LOADED_PROBE_COUNT" \
+            --batch "$LOADED_PROBE_BATCH" >"$OUT/fsync-loaded.jsonl") &
+        probe_pid=$!
+        STARTED_PIDS+=("$probe_pid")
+        phase "rate-memory-beside-probe" memory-beside-probe "${PIDS[memory]}" "${CALLBACKS[memory]}" \
+            -c "$RATE_CONNECTIONS" -r "$RATE" -d "$RATE_SECS"
+        wait "$probe_pid" || log "WARNING: the fdatasync probe under load failed"
     fi
 fi
 

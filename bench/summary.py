@@ -103,7 +103,14 @@ events = kafka["events"]
 probe = {}
 if (out / "fsync.jsonl").exists():
     probe = {p["file"]: p for p in (json.loads(line) for line in (out / "fsync.jsonl").read_text().splitlines() if line)}
-sync = probe.get("growing")
+loaded = {}
+if (out / "fsync-loaded.jsonl").exists():
+    loaded = {
+        p["file"]: p for p in (json.loads(line) for line in (out / "fsync-loaded.jsonl").read_text().splitlines() if line)
+    }
+# The spool's segments are preallocated (issue 13): their syncs are what the preallocated file measures.
+sync = probe.get("preallocated")
+sync_loaded = loaded.get("preallocated")
 
 
 def ratio_of(a, b):
@@ -136,17 +143,19 @@ checks["no failed requests"] = all(
 )
 
 rate = next((p["rate"] for p in phases if p["mode"] == "open"), None)
+RATE_LABEL = f"{rate:.0f}/s" if rate else "the fixed rate"
 lines += [
     "",
     f"config: {kafka['config']}  forwarders: {kafka.get('forwarders', 'memory')}"
     f"  extra args: {kafka['forwarder_args'] or '(defaults)'}",
     f"machine: {kafka['nproc']} cores, {kafka['cpu']}; load average at end {kafka['loadavg_at_end']}",
 ]
-for name, p in probe.items():
-    lines += [
-        f"fdatasync probe ({name} file, append of {p['bytes']} bytes + fdatasync, {p['count']} times):"
-        f" p50 {p['p50_ms']:.3f} p99 {p['p99_ms']:.3f} max {p['max_ms']:.3f} ms"
-    ]
+for when, probes in (("before the load", probe), (f"beside the memory forwarder at {RATE_LABEL}", loaded)):
+    for name, p in probes.items():
+        lines += [
+            f"fdatasync probe {when} ({name} file, {p['batch']} x {p['bytes']} bytes + fdatasync, {p['count']} times):"
+            f" p50 {p['p50_ms']:.3f} p99 {p['p99_ms']:.3f} max {p['max_ms']:.3f} ms"
+        ]
 if sat_c:
     lines += [f"saturation (closed loop): ceiling {sat_c['throughput']:.0f} req/s, CPU s/1k {fmt(sat_c['cpu_s_per_1k'], 3)}"]
 for name, agg in (("memory", sat_f), ("disk", sat_d), ("Kafka floor", sat_k)):
@@ -169,9 +178,14 @@ for name, agg in (("memory", rate_f), ("disk", rate_d), ("ceiling", rate_c)):
         ]
 if disk_p99_limit is not None and rate_d:
     lines += [
-        f"  disk p99 {rate_d['p99_ms']:.3f} ms vs the limit memory p99 + 2 x fdatasync p99 ="
-        f" {rate_f['p99_ms']:.3f} + 2 x {sync['p99_ms']:.3f} = {disk_p99_limit:.3f} ms"
+        f"  disk p99 {rate_d['p99_ms']:.3f} ms vs the limit memory p99 + 2 x fdatasync p99 (preallocated, before the"
+        f" load) = {rate_f['p99_ms']:.3f} + 2 x {sync['p99_ms']:.3f} = {disk_p99_limit:.3f} ms"
     ]
+    if sync_loaded:
+        lines += [
+            f"  (with the probe's p99 under the same load instead: {rate_f['p99_ms']:.3f} + 2 x"
+            f" {sync_loaded['p99_ms']:.3f} = {rate_f['p99_ms'] + 2 * sync_loaded['p99_ms']:.3f} ms; not a target)"
+        ]
 lines += [
     f"Kafka: accepted {kafka['accepted']} (imcf_callbacks_total, {kafka.get('forwarder_instances', 1)} forwarder processes),"
     f" delivery reports ok {kafka['delivery_reports_ok']},"
@@ -186,6 +200,7 @@ print("\n".join(lines))
     json.dumps(
         {
             "fsync_probe": probe,
+            "fsync_probe_under_load": loaded,
             "saturation": {
                 "ceiling": sat_c,
                 "memory": sat_f,
