@@ -38,6 +38,15 @@ fn stat_records(dir: &Path) -> u64 {
         .unwrap_or_else(|| panic!("no records line:\n{stdout}"))
 }
 
+/// The `bytes:` figure of `spool stat`.
+fn stat_bytes(dir: &Path) -> u64 {
+    let stdout = text(&tool("stat", dir).stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bytes:").map(|n| n.trim().parse().expect("a byte count")))
+        .unwrap_or_else(|| panic!("no bytes line:\n{stdout}"))
+}
+
 /// The export lines.
 fn export(dir: &Path) -> Vec<Value> {
     let out = tool("export", dir);
@@ -101,6 +110,19 @@ fn spool_tools_read_a_live_and_a_stopped_spool_and_find_damage() {
 
     // After it stopped.
     checks_on_a_healthy_spool(dir, &tally.acked, "after the stop");
+
+    // The same frames in preallocated segments (zeros after the last frame, as the forwarder now writes them):
+    // the zeros are room, not damage, and not counted as bytes.
+    let bytes_before = stat_bytes(dir);
+    for path in spool_segments(dir) {
+        let mut data = std::fs::read(&path).unwrap();
+        data.resize(data.len() + 65536, 0);
+        std::fs::write(&path, &data).unwrap();
+    }
+    checks_on_a_healthy_spool(dir, &tally.acked, "with preallocated room");
+    assert_eq!(stat_bytes(dir), bytes_before, "stat counts the written bytes, not the room");
+    let verify = text(&tool("verify", dir).stdout);
+    assert!(verify.contains("(+65536 preallocated)"), "verify shows the room apart:\n{verify}");
 
     // Damage one frame: verify names its segment and offset and exits non-zero; nothing is changed on disk.
     let lines = export(dir);
