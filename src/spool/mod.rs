@@ -21,8 +21,9 @@
 //! Segments are preallocated (PostgreSQL's WAL does the same): the janitor keeps a spare file of
 //! `segment_bytes` zeros, written and synced ahead of need (`spare-N.zeros`), and a new segment is that file
 //! renamed, written in place with `pwrite`. An fdatasync then writes only data: in a growing file every sync
-//! also journals the new file size, and on this project's VM that doubled the sync's latency under load (p50
-//! 0.58 against 0.27 ms, p99 7.8 against 3.0 ms: `examples/fsync_probe.rs` beside a saturated forwarder). The
+//! also writes the inode for the new file size (or commits it to the journal), and on this project's VM that
+//! doubled the sync's latency under load (p50 0.58 against 0.27 ms, p99 7.8 against 3.0 ms:
+//! `examples/fsync_probe.rs` beside a saturated forwarder). The
 //! zeros after the last frame are room, not damage, to recovery and the tools ([`scan`]). Without room for a
 //! spare (less than two segments and [`SPARE_FREE_MARGIN`] free on the disk) or when preparing one fails, the
 //! next segment is an empty file that grows, as before: slower, never less safe. The spool's limit counts the
