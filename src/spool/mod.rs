@@ -764,34 +764,43 @@ impl Writer {
     }
 
     /// Writes `frames` (which fit the active segment) with one `write`; returns the offset of the first. On
-    /// failure the segment is cut back as for a single frame ([`Writer::undo_partial_write`]).
+    /// failure the segment is cut back ([`Writer::undo_partial_write`]). A lone frame is written from its own
+    /// buffer; several are copied into one run first.
     fn write_run(&mut self, frames: &[&[u8]]) -> io::Result<u64> {
-        self.run.clear();
-        for frame in frames {
-            self.run.extend_from_slice(frame);
-        }
+        let bytes: &[u8] = match frames {
+            [frame] => frame,
+            _ => {
+                self.run.clear();
+                for frame in frames {
+                    self.run.extend_from_slice(frame);
+                }
+                &self.run
+            }
+        };
+        let total = bytes.len() as u64;
         let good_len = self.segments[&self.active_segment].len;
         let file = self.active.as_ref().expect("a run needs an open segment");
         let written = match seam::check("spool.write") {
             Some(Fault::Error(err)) => Err(err),
             Some(Fault::Short) => {
                 // Stops inside the first frame: half of the run could end on a frame boundary and leave no tear.
-                let _ = file.write_all_at(&self.run[..frames[0].len() / 2], good_len);
+                let _ = file.write_all_at(&bytes[..frames[0].len() / 2], good_len);
                 Err(io::Error::new(io::ErrorKind::WriteZero, "injected short write at spool.write"))
             }
-            _ => file.write_all_at(&self.run, good_len),
+            _ => file.write_all_at(bytes, good_len),
         };
         if let Err(err) = written {
-            self.attempted_end = good_len + self.run.len() as u64;
+            self.attempted_end = good_len + total;
             self.undo_partial_write(good_len);
             return Err(err);
         }
         let state = self.segments.get_mut(&self.active_segment).expect("active segment tracked");
-        state.len += self.run.len() as u64;
+        state.len += total;
         state.outstanding += frames.len() as u64;
         Ok(good_len)
     }
 
+    /// Writes one frame, starting a new segment first if there is none or it would not fit.
     fn write(&mut self, frame: &[u8]) -> io::Result<RecordRef> {
         if self.active.is_none() {
             self.rotate()?;
@@ -800,26 +809,8 @@ impl Writer {
         if state.len > 0 && state.len + frame.len() as u64 > self.segment_bytes {
             self.rotate()?;
         }
-        let good_len = self.segments[&self.active_segment].len;
-        let file = self.active.as_ref().expect("active segment open");
-        let written = match seam::check("spool.write") {
-            Some(Fault::Error(err)) => Err(err),
-            Some(Fault::Short) => {
-                let _ = file.write_all_at(&frame[..frame.len() / 2], good_len);
-                Err(io::Error::new(io::ErrorKind::WriteZero, "injected short write at spool.write"))
-            }
-            _ => file.write_all_at(frame, good_len),
-        };
-        if let Err(err) = written {
-            self.attempted_end = good_len + frame.len() as u64;
-            self.undo_partial_write(good_len);
-            return Err(err);
-        }
-        let state = self.segments.get_mut(&self.active_segment).expect("active segment tracked");
-        let place = RecordRef { segment: self.active_segment, offset: state.len };
-        state.len += frame.len() as u64;
-        state.outstanding += 1;
-        Ok(place)
+        let offset = self.write_run(&[frame])?;
+        Ok(RecordRef { segment: self.active_segment, offset })
     }
 
     /// After a failed or short write: a partial frame must not stay before later frames. Cut the file back (a
