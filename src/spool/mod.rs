@@ -1113,6 +1113,11 @@ mod tests {
         SpoolConfig { dir: dir.to_owned(), max_bytes: 1 << 20, segment_bytes: 4096 }
     }
 
+    /// A spool of [`config`] in `dir`, with metrics of its own.
+    fn open_default(dir: &Path) -> Arc<Spool> {
+        Spool::open(config(dir), Arc::new(Metrics::new())).unwrap()
+    }
+
     fn frame_for(i: usize) -> Vec<u8> {
         let id = format!("id-{i}");
         let headers: [(&str, &[u8]); 1] = [("event_id", id.as_bytes())];
@@ -1296,7 +1301,7 @@ mod tests {
     async fn a_delivered_active_segment_is_replaced_at_most_once_a_second() {
         let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+        let spool = open_default(dir.path());
         // Appends three frames (past a quarter of the 4 KiB segments), acknowledges them, and says where the
         // next append lands once the writer has settled the acknowledgements.
         let delivered_then_next = || async {
@@ -1476,7 +1481,7 @@ mod tests {
     async fn an_append_whose_caller_went_away_is_queued_for_replay() {
         let _seams = apart_from_seams();
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+        let spool = open_default(dir.path());
         drop(spool.append(frame_for(0)).unwrap());
         let place = spool.next_to_replay(Duration::from_secs(5)).expect("queued for replay");
         assert_eq!(keys(dir.path(), &[place]), vec!["k0"]);
@@ -1554,7 +1559,7 @@ mod tests {
         async fn a_batch_is_written_with_one_write_and_retried_frame_by_frame_when_it_fails() {
             let scenario = fail::FailScenario::setup();
             let dir = tempfile::tempdir().unwrap();
-            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let spool = open_default(dir.path());
             // One failure, at the batch's first write: frame by frame (one write each) all three would lose the
             // first; as one run, the run fails and each frame is then written on its own.
             let results = batch_of_three_behind_a_slow_write(&spool, "1*return->off").await;
@@ -1563,7 +1568,7 @@ mod tests {
             assert_eq!(keys(dir.path(), &places), vec!["k1", "k2", "k3"]);
             spool.close();
             drop(spool);
-            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let spool = open_default(dir.path());
             assert_eq!(
                 keys(dir.path(), &drain(&spool)),
                 vec!["k0", "k1", "k2", "k3"],
@@ -1576,7 +1581,7 @@ mod tests {
         async fn deleting_a_delivered_segment_does_not_hold_up_the_next_commit() {
             let scenario = fail::FailScenario::setup();
             let dir = tempfile::tempdir().unwrap();
-            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let spool = open_default(dir.path());
             let mut places = Vec::new();
             while places.last().is_none_or(|place: &RecordRef| place.segment == places[0].segment) {
                 places.push(spool.append(frame_for(places.len())).unwrap().await.unwrap());
@@ -1607,7 +1612,7 @@ mod tests {
         async fn a_failed_write_in_a_batch_settles_the_frames_before_it() {
             let scenario = fail::FailScenario::setup();
             let dir = tempfile::tempdir().unwrap();
-            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let spool = open_default(dir.path());
             // The batch's one write fails, then frame by frame the second frame's write fails too.
             let results = batch_of_three_behind_a_slow_write(&spool, "1*return->1*off->1*return->off").await;
             assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
@@ -1627,7 +1632,7 @@ mod tests {
             let scenario = fail::FailScenario::setup();
             fail::cfg("spool.prepare", "return").unwrap();
             let dir = tempfile::tempdir().unwrap();
-            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let spool = open_default(dir.path());
             let mut places = Vec::new();
             for i in 0..30 {
                 places.push(spool.append(frame_for(i)).unwrap().await.unwrap());
@@ -1647,7 +1652,7 @@ mod tests {
             assert!(spool.shared.spare.lock().unwrap().is_none());
             spool.close();
             drop(spool);
-            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let spool = open_default(dir.path());
             assert_eq!(drain(&spool).len(), 30);
             scenario.teardown();
         }
@@ -1656,7 +1661,7 @@ mod tests {
         async fn a_failed_fsync_refuses_the_batch_seals_the_segment_and_still_replays_it() {
             let scenario = fail::FailScenario::setup();
             let dir = tempfile::tempdir().unwrap();
-            let spool = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+            let spool = open_default(dir.path());
             let before = spool.append(frame_for(0)).unwrap().await.unwrap();
             fail::cfg("spool.fsync", "1*return").unwrap();
             assert!(spool.append(frame_for(1)).unwrap().await.is_err());
