@@ -191,6 +191,11 @@ fn walk_error(target: &str) {
     }
     // The service must keep working once the fault is gone.
     load.wait_acked(100, Duration::from_secs(20));
+    if target == "spool.prepare" {
+        // A failed preparation refuses nothing: without this, the walk would pass had no spare been prepared.
+        let failed = "spool: cannot prepare a preallocated segment; the next one grows instead";
+        assert!(fwd.wait_log(failed, Duration::from_secs(5)).is_some(), "the seam was never reached: {failed:?}");
+    }
     let tally = load.stop();
     let metrics = fwd.wait_drained(DRAIN_TIMEOUT);
     assert_all_delivered(&format!("seam {target} failing"), &tally, &broker.addr);
