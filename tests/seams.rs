@@ -374,7 +374,7 @@ fn the_answer_waits_for_the_fsync_and_a_failed_fsync_refuses() {
 }
 
 /// Watched from outside with `strace`: every OK answer of disk mode is written after an `fdatasync` of a segment
-/// that returned since the previous answer (callbacks sent one at a time, so each needs its own commit). Without the sync call
+/// that returned since the previous answer, and the preallocated spare's zeros are synced too (callbacks sent one at a time, so each needs its own commit). Without the sync call
 /// (or with the answer sent before it), the trace shows an answer with no sync before it.
 #[test]
 fn every_acknowledgement_follows_an_fdatasync_seen_by_strace() {
@@ -411,18 +411,30 @@ fn every_acknowledgement_follows_an_fdatasync_seen_by_strace() {
     let trace = std::fs::read_to_string(&trace).expect("read the strace output");
     let (mut syncs_since_answer, mut answers) = (0, 0);
     // Threads (strace -f prefixes each line with one) whose fdatasync of a segment strace had to split.
-    let mut unfinished = BTreeSet::new();
+    // Threads (strace -f prefixes each line with one) whose fdatasync strace had to split, and of which file.
+    let mut unfinished = std::collections::BTreeMap::new();
+    let mut spare_synced = false;
     for line in trace.lines() {
         let thread = line.split_whitespace().next().unwrap_or_default().to_string();
-        // Only a segment's sync counts (strace -y names the file): the spare segment's zeros are synced too.
-        let of_a_segment = line.contains("fdatasync(") && line.contains("/segment-");
-        if of_a_segment && line.contains("<unfinished") {
-            unfinished.insert(thread.clone());
+        // strace -y names the file: a segment's sync, or the spare's (its zeros, made before it is used).
+        let file = if !line.contains("fdatasync(") {
+            None
+        } else if line.contains("/segment-") {
+            Some("segment")
+        } else if line.contains("/spare-") {
+            Some("spare")
+        } else {
+            None
+        };
+        if let (Some(file), true) = (file, line.contains("<unfinished")) {
+            unfinished.insert(thread.clone(), file);
         }
-        let resumed = line.contains("<... fdatasync resumed>") && unfinished.remove(&thread);
+        let resumed = if line.contains("<... fdatasync resumed>") { unfinished.remove(&thread) } else { None };
         // A sync that returned 0: in one line, or as the end of one strace had to split.
-        let synced = (of_a_segment || resumed) && line.trim_end().ends_with("= 0");
-        if synced {
+        let synced = if line.trim_end().ends_with("= 0") { file.or(resumed) } else { None };
+        if synced == Some("spare") {
+            spare_synced = true;
+        } else if synced == Some("segment") {
             syncs_since_answer += 1;
         } else if line.contains("writev(") && line.contains(r#"ActionStatus\":\"OK"#) {
             answers += 1;
@@ -430,6 +442,7 @@ fn every_acknowledgement_follows_an_fdatasync_seen_by_strace() {
             syncs_since_answer = 0;
         }
     }
+    assert!(spare_synced, "the spare segment's zeros were never synced (strace output:\n{trace})");
     assert_eq!(answers, 20, "the trace shows every OK answer (strace output:\n{trace})");
     assert_all_delivered("traced", &acked, &broker.addr);
 }
