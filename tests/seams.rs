@@ -86,7 +86,12 @@ fn seam(fwd: &Proc, name: &str, action: Option<&str>) {
         None => agent.delete(&url).call(),
     };
     let status = answer.map(|r| r.status().as_u16()).unwrap_or(0);
-    assert_eq!(status, 200, "{}: configuring seam {name} = {action:?}", fwd.label);
+    // An abort can fire on another thread before the admin listener has written its 200: no answer is then the
+    // seam working (the walk checks that the process died of a signal).
+    let aborted_before_answering = status == 0 && action.is_some_and(|a| a.contains("abort"));
+    if !aborted_before_answering {
+        assert_eq!(status, 200, "{}: configuring seam {name} = {action:?}", fwd.label);
+    }
 }
 
 fn spool_dir() -> (tempfile::TempDir, String) {
