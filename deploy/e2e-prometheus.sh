@@ -92,7 +92,13 @@ for line in open(sys.argv[1]):
 log "forwarder callback=$CB admin=$ADMIN"
 # Ready (200, "ready; kafka: ...") no longer waits for Kafka: also wait for imcf_kafka_up 1, so the
 # exact counts below do not race the embedded cluster's first metadata.
-kafka_up() { curl -s "http://$ADMIN/metrics" | grep -qx 'imcf_kafka_up 1'; }
+# The scrape is read whole before grep: with pipefail, `curl | grep -q` fails when grep stops at the match and
+# curl, still writing, gets SIGPIPE (a CI flake: "forwarder never saw Kafka" with imcf_kafka_up 1 exported).
+kafka_up() {
+  local scrape
+  scrape=$(curl -s "http://$ADMIN/metrics") || return 1
+  grep -qx 'imcf_kafka_up 1' <<<"$scrape"
+}
 for _ in $(seq 1 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ADMIN/readyz")" = 200 ] && kafka_up && break
   sleep 0.2
@@ -376,7 +382,7 @@ if command -v ldd >/dev/null && command -v dpkg >/dev/null; then
     case "$pkg" in
       "") missing="$missing $lib(no Debian package)" ;;
       libc6 | libgcc-s1) ;; # essential, in debian:bookworm-slim
-      *) echo "$runtime_pkgs" | grep -qx "$pkg" || missing="$missing $lib($pkg)" ;;
+      *) grep -qx "$pkg" <<<"$runtime_pkgs" || missing="$missing $lib($pkg)" ;;
     esac
   done
   [ -z "$missing" ] || die "the binary links libraries the runtime image does not install:$missing"
